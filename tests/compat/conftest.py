@@ -1,0 +1,124 @@
+"""One live agent for the whole session, plus the official clients pointed at it.
+
+Inputs (all optional; hack/test-compat.sh sets the first two):
+  AGENT_BIN   the agent binary (default $CARGO_TARGET_DIR/release/rockchip-llama-agent)
+  MODEL_PATH  the SmolLM2 GGUF (default: first line of `hack/fetch-models.sh smollm2`)
+  COMPAT_KEEP_TMP=1  keep the agent's temp dir (models dir, log) after the run
+
+Generations stay short (max_tokens/num_predict <= 48, temperature 0): CI has 2 cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from agentproc import DEFAULT_MODEL, Agent, default_agent_bin, default_model_path
+
+# Per-request client timeout (seconds); pytest-timeout bounds each test on top of this.
+CLIENT_TIMEOUT = 60
+
+_agent: Agent | None = None
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return default_model_path().resolve()
+
+
+@pytest.fixture(scope="session")
+def agent(model_path: Path):
+    global _agent
+    workdir = Path(tempfile.mkdtemp(prefix="rl-compat-"))
+    a = Agent(default_agent_bin(), model_path, workdir)
+    _agent = a
+    try:
+        a.start()
+        yield a
+    finally:
+        code = a.stop()
+        if code not in (None, 0, -15):
+            print(f"\nagent exit code {code} (expected 0 after SIGTERM); log tail:\n{a.log_tail()}")
+        if os.environ.get("COMPAT_KEEP_TMP") != "1":
+            # keep the log for pytest_terminal_summary; the models dir only holds symlinks
+            # and whatever the pull test stored
+            shutil.rmtree(a.models_dir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _agent is None:
+        return
+    failed = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    if failed:
+        terminalreporter.section("agent log (tail)")
+        terminalreporter.write_line(_agent.log_tail(80))
+        terminalreporter.write_line(f"(full log: {_agent.log_path})")
+    elif os.environ.get("COMPAT_KEEP_TMP") != "1":
+        shutil.rmtree(_agent.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def model() -> str:
+    return DEFAULT_MODEL
+
+
+@pytest.fixture(scope="session")
+def base_url(agent: Agent) -> str:
+    return agent.base_url
+
+
+@pytest.fixture(scope="session")
+def oai(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=base_url + "/v1", api_key="sk-local", max_retries=0, timeout=CLIENT_TIMEOUT
+    )
+
+
+@pytest.fixture(scope="session")
+def oll(base_url: str) -> ollama.Client:
+    return ollama.Client(host=base_url, timeout=CLIENT_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def hx(base_url: str):
+    with httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def model_sha256(model_path: Path) -> str:
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        pass
+
+
+@pytest.fixture(scope="session")
+def gguf_origin(model_path: Path):
+    """A loopback HTTP origin serving the GGUF's directory; yields the file's URL."""
+    handler = functools.partial(_QuietHandler, directory=str(model_path.parent))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/{model_path.name}"
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -1,0 +1,234 @@
+"""The official `ollama` Python client against a live agent (Ollama-compatible routes under /api)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ollama
+import pytest
+from ollama._types import ProgressResponse
+
+MSGS = [{"role": "user", "content": "What is 2+2?"}]
+LONG = [{"role": "user", "content": "Count from 1 to 100, one number per line."}]
+OPTS = {"num_predict": 32, "temperature": 0}
+
+
+def names(models) -> set[str]:
+    return {m.model for m in models}
+
+
+def is_model(name: str, model: str) -> bool:
+    """Ollama spells names with a tag; `smollm2-135m-instruct` and `...:latest` are the same."""
+    return name in (model, model + ":latest")
+
+
+def assert_done_counts(r, num_predict: int):
+    assert r.done is True
+    assert r.done_reason in ("stop", "length"), r.done_reason
+    assert r.prompt_eval_count and r.prompt_eval_count > 0
+    assert r.eval_count and 0 < r.eval_count <= num_predict
+    if r.done_reason == "length":
+        assert r.eval_count == num_predict
+    assert r.total_duration and r.total_duration > 0
+    assert r.eval_duration and r.eval_duration > 0
+    assert r.load_duration is None or r.load_duration >= 0
+
+
+# --- list / show / ps / version -------------------------------------------------------------
+
+
+def test_list(oll, model, model_path, model_sha256):
+    models = oll.list().models
+    mine = [m for m in models if is_model(m.model, model)]
+    assert len(mine) == 1, names(models)
+    m = mine[0]
+    assert m.size == os.path.getsize(model_path)
+    assert m.digest and model_sha256 in m.digest, m.digest
+    assert m.modified_at is not None
+    assert m.details is not None
+    assert m.details.format == "gguf"
+    assert m.details.family == "llama"
+    assert m.details.quantization_level == "Q4_1"
+
+
+def test_show(oll, model):
+    s = oll.show(model)
+    assert s.details.format == "gguf"
+    assert s.details.family == "llama"
+    assert s.modelinfo is not None, "model_info missing"
+    assert s.modelinfo.get("general.architecture") == "llama", dict(s.modelinfo)
+    assert s.template, "chat template missing"
+    assert s.capabilities is None or "completion" in s.capabilities
+
+
+def test_show_alias(oll):
+    assert oll.show("smollm2:135m").details.format == "gguf"
+
+
+def test_show_unknown_is_404(oll):
+    with pytest.raises(ollama.ResponseError) as e:
+        oll.show("no-such-model")
+    assert e.value.status_code == 404
+
+
+def test_ps_lists_loaded_model(oll, model):
+    oll.generate(model=model, prompt="Hi", options={"num_predict": 1, "temperature": 0})
+    running = oll.ps().models
+    mine = [m for m in running if is_model(m.model or m.name or "", model)]
+    assert mine, [m.model for m in running]
+    assert mine[0].size and mine[0].size > 0
+    assert mine[0].expires_at is not None
+
+
+def test_version(hx):
+    r = hx.get("/api/version")
+    assert r.status_code == 200
+    v = r.json()["version"]
+    assert isinstance(v, str) and v
+
+
+# --- chat -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_reference(oll, model):
+    return oll.chat(model=model, messages=MSGS, options=OPTS)
+
+
+def test_chat(chat_reference, model):
+    r = chat_reference
+    assert is_model(r.model, model), r.model
+    assert r.created_at
+    assert r.message.role == "assistant"
+    assert r.message.content.strip()
+    assert "4" in r.message.content
+    assert_done_counts(r, 32)
+
+
+def test_chat_num_predict_gives_length(oll, model):
+    r = oll.chat(model=model, messages=LONG, options={"num_predict": 3, "temperature": 0})
+    assert r.done_reason == "length"
+    assert r.eval_count == 3
+
+
+def test_chat_stream(oll, model, chat_reference):
+    parts = list(oll.chat(model=model, messages=MSGS, options=OPTS, stream=True))
+    assert len(parts) >= 2
+    *body, last = parts
+    for p in body:
+        assert p.done is False
+        assert p.message.role == "assistant"
+        assert is_model(p.model, model)
+    assert_done_counts(last, 32)
+    text = "".join(p.message.content for p in parts)
+    assert text == chat_reference.message.content
+    assert last.prompt_eval_count == chat_reference.prompt_eval_count
+    assert last.eval_count == chat_reference.eval_count
+    assert last.done_reason == chat_reference.done_reason
+
+
+def test_chat_format_json(oll, model):
+    r = oll.chat(
+        model=model,
+        messages=[{"role": "user", "content": "What is 2+2? Answer in JSON."}],
+        format={
+            "type": "object",
+            "properties": {"answer": {"type": "integer"}},
+            "required": ["answer"],
+        },
+        options={"num_predict": 48, "temperature": 0},
+    )
+    assert r.done_reason == "stop", r
+    assert isinstance(json.loads(r.message.content)["answer"], int)
+
+
+def test_chat_unknown_model_is_404(oll):
+    with pytest.raises(ollama.ResponseError) as e:
+        oll.chat(model="no-such-model", messages=MSGS, options={"num_predict": 2})
+    assert e.value.status_code == 404
+    assert e.value.error
+
+
+# --- generate -------------------------------------------------------------------------------
+
+
+def test_generate(oll, model):
+    opts = {"num_predict": 16, "temperature": 0}
+    r = oll.generate(model=model, prompt="Once upon a time", options=opts)
+    assert is_model(r.model, model)
+    assert isinstance(r.response, str) and r.response
+    assert_done_counts(r, 16)
+
+    parts = list(oll.generate(model=model, prompt="Once upon a time", options=opts, stream=True))
+    *body, last = parts
+    assert all(p.done is False for p in body)
+    assert_done_counts(last, 16)
+    assert "".join(p.response for p in parts) == r.response
+    assert last.prompt_eval_count == r.prompt_eval_count
+
+
+def test_generate_raw_length(oll, model):
+    r = oll.generate(
+        model=model, prompt="1, 2, 3, 4, 5,", raw=True, options={"num_predict": 3, "temperature": 0}
+    )
+    assert r.done_reason == "length"
+    assert r.eval_count == 3
+
+
+def test_generate_empty_prompt_loads_model(oll, model):
+    """Ollama semantics: an empty prompt only loads the model and returns done at once."""
+    r = oll.generate(model=model, prompt="")
+    assert r.done is True
+    assert r.response == ""
+
+
+# --- pull / delete --------------------------------------------------------------------------
+
+
+def pull_url(oll, name: str, url: str, sha256: str, stream: bool):
+    body = {"model": name, "url": url, "sha256": sha256, "stream": stream}
+    # ollama's Client.pull() sends only the model name; the agent's URL form carries more fields,
+    # so go through the client's own request/stream/error path with the full body.
+    return oll._request(ProgressResponse, "POST", "/api/pull", json=body, stream=stream)
+
+
+def test_pull_by_url_then_delete(oll, model, gguf_origin, model_sha256):
+    name = "pulled-smollm2:test"
+    progress = list(pull_url(oll, name, gguf_origin, model_sha256, stream=True))
+    assert progress, "no progress lines"
+    assert progress[-1].status == "success", [p.status for p in progress]
+    totals = [p for p in progress if p.total]
+    if totals:
+        assert totals[-1].completed == totals[-1].total
+
+    listed = names(oll.list().models)
+    assert name in listed, listed
+    assert oll.show(name).details.format == "gguf"
+    r = oll.generate(model=name, prompt="Hi", options={"num_predict": 2, "temperature": 0})
+    assert r.done and r.eval_count > 0
+
+    # pulling the same thing again is idempotent, also without streaming
+    assert pull_url(oll, name, gguf_origin, model_sha256, stream=False).status == "success"
+
+    oll.delete(name)
+    listed = names(oll.list().models)
+    assert name not in listed, listed
+    # the default model (same bytes, other name) survives the delete
+    assert any(is_model(n, model) for n in listed), listed
+    with pytest.raises(ollama.ResponseError) as e:
+        oll.delete(name)
+    assert e.value.status_code == 404
+
+
+def test_pull_wrong_sha256_fails(oll, gguf_origin):
+    name = "pulled-bad-sha:test"
+    with pytest.raises(ollama.ResponseError):
+        list(pull_url(oll, name, gguf_origin, "0" * 64, stream=True))
+    assert name not in names(oll.list().models)
+
+
+def test_pull_unknown_catalog_name_fails(oll):
+    with pytest.raises(ollama.ResponseError) as e:
+        oll.pull("no-such-model-in-catalog")
+    assert 400 <= e.value.status_code < 500
