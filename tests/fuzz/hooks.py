@@ -1,0 +1,57 @@
+"""Schemathesis hooks for hack/fuzz.sh (loaded through SCHEMATHESIS_HOOKS).
+
+Fuzzing an LLM server is only cheap while every generation is short, so right before each request
+the token budget is clamped: OpenAI `max_tokens` / `max_completion_tokens` and Ollama
+`options.num_predict` are set to TOKEN_CAP when they are absent, null or a larger integer
+(or, for num_predict, negative: Ollama's "unbounded"), and `n` to 1.
+Values of the wrong type or sign are left alone: rejecting them (4xx, not 5xx, not a hang) is
+part of what is being tested. This runs in `before_call`, so it applies in every phase
+(examples, coverage, fuzzing), whatever bounds the agent's own OpenAPI document declares.
+"""
+
+from __future__ import annotations
+
+import os
+
+import schemathesis
+
+TOKEN_CAP = int(os.environ.get("FUZZ_TOKEN_CAP", "8"))
+
+OPENAI_GENERATE = ("/v1/chat/completions", "/v1/completions")
+OLLAMA_GENERATE = ("/api/chat", "/api/generate")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _cap(obj: dict, key: str, add_missing: bool) -> None:
+    v = obj.get(key)
+    if v is None:  # absent or null: the server default may be "until the context is full"
+        if add_missing or key in obj:
+            obj[key] = TOKEN_CAP
+    elif _is_int(v) and v > TOKEN_CAP:
+        obj[key] = TOKEN_CAP
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    path = case.operation.path
+    if path in OPENAI_GENERATE:
+        has_completion_cap = body.get("max_completion_tokens") is not None
+        _cap(body, "max_tokens", add_missing=not has_completion_cap)
+        _cap(body, "max_completion_tokens", add_missing=False)
+        if _is_int(body.get("n")) and body["n"] > 1:
+            body["n"] = 1
+    elif path in OLLAMA_GENERATE:
+        opts = body.get("options")
+        if opts is None:
+            body["options"] = {"num_predict": TOKEN_CAP}
+        elif isinstance(opts, dict):
+            v = opts.get("num_predict")
+            # Ollama: -1 = unbounded, -2 = fill the context; both would let one case run for minutes
+            if v is None or (_is_int(v) and (v > TOKEN_CAP or v < 0)):
+                opts["num_predict"] = TOKEN_CAP

@@ -1,0 +1,120 @@
+"""Schemathesis smoke against a live agent: `schemathesis run http://127.0.0.1:PORT/openapi.json`.
+
+Run by hack/fuzz.sh (which sets AGENT_BIN, MODEL_PATH and runs this with the test venv's python).
+Starts the agent exactly as the compat suite does (tests/compat/agentproc.py), fuzzes every
+operation of its own OpenAPI document except the ones that change the model store, and fails on:
+  * any failed check (default: not_a_server_error, i.e. no 5xx),
+  * schemathesis not finishing within FUZZ_WALL seconds,
+  * the agent dying during the run.
+
+Environment (all optional):
+  FUZZ_MAX_EXAMPLES  cases per operation and phase        (default 10)
+  FUZZ_WALL          wall-clock bound for schemathesis, s (default 240)
+  FUZZ_CHECKS        comma-separated checks               (default not_a_server_error)
+  FUZZ_SEED          hypothesis seed, or "random"         (default 1126: reproducible in CI)
+  FUZZ_TOKEN_CAP     generation budget per request        (default 8; see hooks.py)
+  FUZZ_WORKERS       concurrent schemathesis workers      (default 2)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "compat"))
+
+from agentproc import Agent, AgentError, default_agent_bin, default_model_path  # noqa: E402
+
+# Operations that write the model store (pull downloads from arbitrary URLs, delete could remove
+# the default model mid-run) are covered by tests/compat, not fuzzed.
+EXCLUDE_PATHS = r"^/api/(pull|delete|create|copy|push)$"
+
+
+def main() -> int:
+    # `timeout` (hack/fuzz.sh) sends SIGTERM: turn it into SystemExit so `finally` stops the agent.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+
+    max_examples = os.environ.get("FUZZ_MAX_EXAMPLES", "10")
+    wall = float(os.environ.get("FUZZ_WALL", "240"))
+    checks = os.environ.get("FUZZ_CHECKS", "not_a_server_error")
+    seed = os.environ.get("FUZZ_SEED", "1126")
+    workers = os.environ.get("FUZZ_WORKERS", "2")
+
+    workdir = Path(tempfile.mkdtemp(prefix="rl-fuzz-"))
+    agent = Agent(default_agent_bin(), default_model_path(), workdir)
+    try:
+        agent.start()
+    except AgentError as e:
+        print(f"fuzz: {e}", file=sys.stderr)
+        return 1
+
+    cmd = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{agent.base_url}/openapi.json",
+        "--url",
+        agent.base_url,
+        "--checks",
+        checks,
+        "--max-examples",
+        max_examples,
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--workers",
+        workers,
+        "--request-timeout",
+        "30",
+        "--exclude-path-regex",
+        EXCLUDE_PATHS,
+        "--generation-database",
+        "none",
+        "--no-shrink",
+        "--suppress-health-check",
+        "all",
+        "--no-color",
+    ]
+    if seed != "random":
+        cmd += ["--seed", seed]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "hooks.py")}
+    print("fuzz: " + " ".join(cmd), file=sys.stderr, flush=True)
+
+    rc = 1
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env)
+        try:
+            rc = proc.wait(timeout=wall)
+        except subprocess.TimeoutExpired:
+            print(f"fuzz: schemathesis still running after {wall:.0f} s; stopping it", file=sys.stderr)
+            rc = 124
+        if not agent.alive():
+            print(f"fuzz: the agent died during the run (exit {agent.proc.returncode})", file=sys.stderr)
+            rc = rc or 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        code = agent.stop()
+        if code not in (None, 0, -15):
+            print(f"fuzz: agent exited with {code} on SIGTERM", file=sys.stderr)
+            rc = rc or 1
+        if rc != 0:
+            print(f"fuzz: FAILED (rc {rc}); agent log tail ({agent.log_path}):", file=sys.stderr)
+            print(agent.log_tail(80), file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
