@@ -1,0 +1,63 @@
+# RockchipLlama — every developer and CI task starts here.
+#   make run     the agent on the embedded default model (SmolLM2-135M), on 127.0.0.1:8080
+#   make test    everything CI runs
+#   make bench   side-by-side benchmarks (not a CI gate), results in docs/bench/
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CACHE ?= $(HOME)/.cache/rockchip-llama
+# Build outputs live outside the clone so fresh clones (and CI) reuse them.
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+AGENT := $(CARGO_TARGET_DIR)/release/rockchip-llama-agent
+LISTEN ?= 127.0.0.1:8080
+DEFAULT_MODEL ?= smollm2-135m-instruct
+step = @printf '\n==> %s\n' "$(1)"
+
+.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz help
+
+help:
+	@sed -n '2,5p' Makefile
+
+deps:
+	@hack/install-deps.sh
+
+models:
+	@hack/fetch-models.sh
+
+# --release everywhere: llama.cpp's cmake build then runs once for run, test and bench.
+build: deps
+	$(call step,cargo build --release (first build compiles llama.cpp: ~5 min on 2 cores))
+	cargo build --release -p rockchip-llama-agent
+
+run: build
+	$(call step,fetching the default model)
+	@model=$$(hack/fetch-models.sh smollm2 | head -n1); \
+	echo "model: $$model"; \
+	exec $(AGENT) serve --listen $(LISTEN) --models-dir "$$(dirname "$$model")" --default-model $(DEFAULT_MODEL)
+
+fmt:
+	cargo fmt --all
+
+lint: deps
+	$(call step,cargo fmt --check)
+	cargo fmt --all -- --check
+	$(call step,cargo clippy)
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+# The committed OpenAPI document must match what the code generates.
+check-openapi: build
+	$(call step,OpenAPI drift check)
+	@$(AGENT) openapi | diff -u docs/openapi.json - \
+	  || { echo "docs/openapi.json is stale: run 'make generate-openapi'"; exit 1; }
+
+generate-openapi: build
+	$(AGENT) openapi > docs/openapi.json
+
+test-rust: deps
+	$(call step,fetching test models)
+	@hack/fetch-models.sh >/dev/null
+	$(call step,cargo test (unit + agent integration over real TCP))
+	ROCKCHIP_LLAMA_TEST_MODELS="$$(hack/fetch-models.sh | paste -sd:)" \
+	  cargo test --release --workspace -- --test-threads=1
+
+test: lint check-openapi test-rust
+	$(call step,all tests passed)
