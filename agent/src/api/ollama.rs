@@ -1,0 +1,543 @@
+//! Ollama-compatible routes (`/api/*`). Streaming is NDJSON (one JSON object per line, the last
+//! with `done: true`); `stream: false` answers one object. Durations are nanoseconds from the
+//! engine's perf record. Names are reported as `name:latest`, as Ollama does; lookups accept
+//! both.
+
+use std::{convert::Infallible, sync::Arc, time::SystemTime};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use super::{
+    AppState,
+    error::{AppError, OllamaError, OllamaJson},
+    infer::{self, GenParams, OutputFormat, Prompt, Running},
+};
+use crate::{
+    engine::{Event, FinishReason, Perf},
+    keepalive::KeepAlive,
+    models::ModelEntry,
+    tools,
+};
+
+/// Modelfile `options` the agent honours; others are accepted and ignored (see docs/api.md).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct Options {
+    /// Tokens to generate; -1 = until the context is full.
+    pub num_predict: Option<i64>,
+    /// Caps prompt plus generation within the model's loaded context window.
+    pub num_ctx: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<i64>,
+    #[schema(value_type = Object)]
+    pub stop: Option<Value>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<i32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+}
+
+/// `POST /api/chat` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    pub model: String,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Option<Vec<Value>>,
+    /// `"json"` or a JSON schema.
+    #[schema(value_type = Object)]
+    pub format: Option<Value>,
+    pub options: Option<Options>,
+    /// Defaults to true.
+    pub stream: Option<bool>,
+    /// A duration (`"5m"`), seconds, negative = forever, 0 = unload after this request.
+    #[schema(value_type = Object)]
+    pub keep_alive: Option<Value>,
+    /// Thinking is not supported by the CPU test models; `true` is refused.
+    #[schema(value_type = Object)]
+    pub think: Option<Value>,
+}
+
+/// `POST /api/generate` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GenerateRequest {
+    pub model: String,
+    #[serde(default)]
+    pub prompt: String,
+    pub system: Option<String>,
+    /// Send the prompt without the chat template.
+    pub raw: Option<bool>,
+    /// Not supported; refused when non-empty.
+    pub suffix: Option<String>,
+    /// Go templates are not supported; refused when non-empty.
+    pub template: Option<String>,
+    #[schema(value_type = Object)]
+    pub format: Option<Value>,
+    pub options: Option<Options>,
+    pub stream: Option<bool>,
+    #[schema(value_type = Object)]
+    pub keep_alive: Option<Value>,
+    #[schema(value_type = Vec<String>)]
+    pub images: Option<Vec<Value>>,
+    #[schema(value_type = Object)]
+    pub think: Option<Value>,
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, as Ollama writes `created_at`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, mo, da) = crate::template::civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!("{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s / 60 % 60, s % 60, d.subsec_nanos())
+}
+
+fn parse_keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, AppError> {
+    v.filter(|v| !v.is_null()).map(KeepAlive::from_json).transpose().map_err(|m| AppError::bad("keep_alive", m))
+}
+
+fn parse_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(OutputFormat::JsonObject)),
+        Some(Value::Object(_)) => Ok(Some(OutputFormat::Schema(v.cloned().unwrap_or_default()))),
+        Some(_) => Err(AppError::bad("format", "format must be \"json\" or a JSON schema object")),
+    }
+}
+
+fn refuse_think(v: Option<&Value>, model: &str) -> Result<(), AppError> {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        _ => Err(AppError::bad("think", format!("\"{model}\" does not support thinking"))),
+    }
+}
+
+fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, AppError> {
+    let Some(o) = o else { return Ok(None) };
+    let q = &mut p.sampling;
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = o.$f { q.$f = v; } )* };
+    }
+    set!(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty);
+    if let Some(seed) = o.seed {
+        q.seed = Some((seed as u64 ^ (seed as u64 >> 32)) as u32);
+    }
+    match o.num_predict {
+        None => {}
+        Some(n) if n < 0 => p.max_tokens = None,
+        Some(n) => p.max_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX)),
+    }
+    if o.stop.is_some() {
+        p.stop = infer::parse_stop(o.stop.as_ref())?;
+    }
+    if o.num_ctx == Some(0) {
+        return Err(AppError::bad("num_ctx", "num_ctx must be positive"));
+    }
+    Ok(o.num_ctx)
+}
+
+/// Caps generation so prompt plus output stay within `num_ctx`.
+fn cap_to_num_ctx(p: &mut GenParams, num_ctx: Option<u32>, max_ctx: u32) {
+    if let Some(n) = num_ctx.filter(|&n| n < max_ctx) {
+        p.context_limit = Some(n);
+    }
+}
+
+#[utoipa::path(post, path = "/api/chat", tag = "ollama", request_body = ChatRequest,
+    responses((status = 200, description = "NDJSON stream, or one object with stream=false"),
+              (status = 400, description = "Invalid request"), (status = 404, description = "Unknown model")))]
+pub async fn chat(
+    State(st): State<AppState>,
+    OllamaJson(req): OllamaJson<ChatRequest>,
+) -> Result<Response, OllamaError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    refuse_think(req.think.as_ref(), &req.model)?;
+    let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
+    if req.messages.is_empty() {
+        return Ok(load_or_unload(&st, &entry, keep_alive, false).await?);
+    }
+    let mut params = GenParams::for_model(&entry);
+    let num_ctx = apply_options(req.options.as_ref(), &mut params)?;
+    cap_to_num_ctx(&mut params, num_ctx, entry.context);
+    params.format = parse_format(req.format.as_ref())?;
+    params.keep_alive = keep_alive;
+    let messages = infer::normalize_messages(&req.messages)?;
+    let tools = req.tools.filter(|t| !t.is_empty()).map(Value::Array);
+    let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
+    respond(run, req.stream.unwrap_or(true), Kind::Chat).await
+}
+
+#[utoipa::path(post, path = "/api/generate", tag = "ollama", request_body = GenerateRequest,
+    responses((status = 200, description = "NDJSON stream, or one object with stream=false"),
+              (status = 400, description = "Invalid request"), (status = 404, description = "Unknown model")))]
+pub async fn generate(
+    State(st): State<AppState>,
+    OllamaJson(req): OllamaJson<GenerateRequest>,
+) -> Result<Response, OllamaError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    refuse_think(req.think.as_ref(), &req.model)?;
+    let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
+    if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
+        return Err(AppError::bad("images", "images are not supported by this model").into());
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(AppError::bad("suffix", "suffix is not supported").into());
+    }
+    if req.template.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(AppError::bad("template", "Go templates are not supported; configure chat_template instead").into());
+    }
+    if req.prompt.is_empty() {
+        return Ok(load_or_unload(&st, &entry, keep_alive, true).await?);
+    }
+    let mut params = GenParams::for_model(&entry);
+    let num_ctx = apply_options(req.options.as_ref(), &mut params)?;
+    cap_to_num_ctx(&mut params, num_ctx, entry.context);
+    params.format = parse_format(req.format.as_ref())?;
+    params.keep_alive = keep_alive;
+    let prompt = if req.raw.unwrap_or(false) {
+        Prompt::Text(req.prompt)
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = req.system.filter(|s| !s.is_empty()) {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.push(json!({"role": "user", "content": req.prompt}));
+        Prompt::Chat { messages, tools: None }
+    };
+    let run = infer::start(&st, &entry, prompt, params).await?;
+    respond(run, req.stream.unwrap_or(true), Kind::Generate).await
+}
+
+/// Ollama's empty-prompt forms: load (`done_reason: load`) or, with keep_alive 0, unload.
+async fn load_or_unload(
+    st: &AppState,
+    entry: &Arc<ModelEntry>,
+    ka: Option<KeepAlive>,
+    generate: bool,
+) -> Result<Response, AppError> {
+    let reason = if ka.is_some_and(|k| k.is_zero()) {
+        st.sched.unload(&entry.name);
+        "unload"
+    } else {
+        let ka = st.sched.keep_alive_for(entry, ka);
+        st.sched.load(entry, ka).await?;
+        "load"
+    };
+    let mut v = json!({"model": tag(&entry.name), "created_at": rfc3339(SystemTime::now()), "done": true, "done_reason": reason});
+    if generate {
+        v["response"] = json!("");
+    } else {
+        v["message"] = json!({"role": "assistant", "content": ""});
+    }
+    Ok(Json(v).into_response())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Generate,
+}
+
+async fn respond(run: Running, stream: bool, kind: Kind) -> Result<Response, OllamaError> {
+    if stream {
+        let body = Body::from_stream(ndjson(run, kind).map(|v| Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n"))));
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        return Ok(resp);
+    }
+    // Collected inside the handler: a client that disconnects drops this future, which drops
+    // `Running` and cancels the request in the engine.
+    let model = tag(run.model_name());
+    let names = run.tool_names.clone();
+    let (load, started) = (run.load_duration, run.started);
+    let done = run.collect().await?;
+    Ok(Json(final_object(kind, &model, &done.text, done.reason, &done.perf, load, started, &names)).into_response())
+}
+
+fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
+    async_stream::stream! {
+        let model = tag(run.model_name());
+        let buffering = !run.tool_names.is_empty();
+        let mut held = String::new();
+        while let Some(ev) = run.next().await {
+            match ev {
+                Event::Token { text, .. } if buffering => held.push_str(&text),
+                Event::Token { text, .. } => yield piece(kind, &model, &text),
+                Event::Done { reason, perf } => {
+                    let text = if buffering { std::mem::take(&mut held) } else { String::new() };
+                    if buffering {
+                        let (content, calls) = tools::parse(&text, &run.tool_names);
+                        if !calls.is_empty() || !content.is_empty() {
+                            let mut v = piece(kind, &model, &content);
+                            if !calls.is_empty() {
+                                v["message"]["tool_calls"] = ollama_calls(&calls);
+                            }
+                            yield v;
+                        }
+                    }
+                    yield final_object(kind, &model, "", reason, &perf, run.load_duration, run.started, &[]);
+                    break;
+                }
+                Event::Error(e) => {
+                    yield json!({"error": AppError::from(e).to_string()});
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn piece(kind: Kind, model: &str, text: &str) -> Value {
+    let mut v = json!({"model": model, "created_at": rfc3339(SystemTime::now()), "done": false});
+    match kind {
+        Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
+        Kind::Generate => v["response"] = json!(text),
+    }
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn final_object(
+    kind: Kind,
+    model: &str,
+    text: &str,
+    reason: FinishReason,
+    perf: &Perf,
+    load: std::time::Duration,
+    started: std::time::Instant,
+    tool_names: &[String],
+) -> Value {
+    let mut v = piece(kind, model, text);
+    if kind == Kind::Chat && !tool_names.is_empty() {
+        let (content, calls) = tools::parse(text, tool_names);
+        v["message"]["content"] = json!(content);
+        if !calls.is_empty() {
+            v["message"]["tool_calls"] = ollama_calls(&calls);
+        }
+    }
+    let ns = |ms: f64| (ms * 1e6) as u64;
+    v["done"] = json!(true);
+    v["done_reason"] = json!(match reason {
+        FinishReason::Length => "length",
+        _ => "stop",
+    });
+    v["total_duration"] = json!(started.elapsed().as_nanos() as u64);
+    v["load_duration"] = json!(load.as_nanos() as u64);
+    v["prompt_eval_count"] = json!(perf.prompt_tokens);
+    v["prompt_eval_duration"] = json!(ns(perf.prefill_ms));
+    v["eval_count"] = json!(perf.generated_tokens);
+    v["eval_duration"] = json!(ns(perf.generate_ms));
+    v
+}
+
+fn ollama_calls(calls: &[tools::ToolCall]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"function": {"index": i, "name": c.name, "arguments": c.arguments}}))
+            .collect(),
+    )
+}
+
+/// `name:latest` unless the name already carries a tag.
+pub fn tag(name: &str) -> String {
+    if name.contains(':') { name.to_owned() } else { format!("{name}:latest") }
+}
+
+fn details(e: &ModelEntry) -> Value {
+    json!({
+        "parent_model": "",
+        "format": e.format.as_str(),
+        "family": e.family.clone().unwrap_or_default(),
+        "families": e.family.as_ref().map(|f| vec![f.clone()]),
+        "parameter_size": e.parameter_size.clone().unwrap_or_default(),
+        "quantization_level": e.quantization.clone().unwrap_or_default(),
+    })
+}
+
+fn digest(e: &ModelEntry) -> String {
+    e.sha256.clone().unwrap_or_default()
+}
+
+#[utoipa::path(get, path = "/api/tags", tag = "ollama", responses((status = 200, description = "Local models")))]
+pub async fn tags(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .sched
+        .registry()
+        .list()
+        .iter()
+        .map(|e| {
+            json!({"name": tag(&e.name), "model": tag(&e.name), "modified_at": rfc3339(e.modified),
+                   "size": e.size, "digest": digest(e), "details": details(e)})
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
+#[utoipa::path(get, path = "/api/ps", tag = "ollama", responses((status = 200, description = "Loaded models")))]
+pub async fn ps(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .sched
+        .residents()
+        .iter()
+        .map(|r| {
+            let e = &r.entry;
+            // "Forever" is shown far in the future, as Ollama does.
+            let expires = r
+                .expires_at()
+                .unwrap_or_else(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799));
+            json!({"name": tag(&e.name), "model": tag(&e.name), "size": r.memory(), "digest": digest(e),
+                   "details": details(e), "expires_at": rfc3339(expires), "size_vram": 0,
+                   "context_length": r.instance.facts().n_ctx})
+        })
+        .collect();
+    Json(json!({"models": models}))
+}
+
+/// `POST /api/show` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ShowRequest {
+    /// `name` is accepted as an older spelling.
+    #[serde(alias = "name")]
+    pub model: String,
+    #[serde(default)]
+    pub verbose: bool,
+}
+
+#[utoipa::path(post, path = "/api/show", tag = "ollama", request_body = ShowRequest,
+    responses((status = 200, description = "Model details"), (status = 404, description = "Unknown model")))]
+pub async fn show(
+    State(st): State<AppState>,
+    OllamaJson(req): OllamaJson<ShowRequest>,
+) -> Result<Json<Value>, OllamaError> {
+    let e = infer::find_model(&st, &req.model)?;
+    let mut info = Map::new();
+    let arch = e.meta.architecture.clone().unwrap_or_else(|| e.format.as_str().to_owned());
+    info.insert("general.architecture".into(), json!(arch));
+    if let Some(n) = &e.meta.general_name {
+        info.insert("general.name".into(), json!(n));
+    }
+    if let Some(c) = e.context_max {
+        info.insert(format!("{arch}.context_length"), json!(c));
+    }
+    for (k, v) in [
+        ("block_count", e.meta.block_count),
+        ("embedding_length", e.meta.embedding_length),
+        ("attention.head_count", e.meta.head_count),
+        ("attention.head_count_kv", e.meta.head_count_kv),
+    ] {
+        if let Some(v) = v {
+            info.insert(format!("{arch}.{k}"), json!(v));
+        }
+    }
+    let s = &e.settings.sampling;
+    let parameters = format!(
+        "temperature {}\ntop_k {}\ntop_p {}\nmin_p {}\nnum_ctx {}",
+        s.temperature, s.top_k, s.top_p, s.min_p, e.context
+    );
+    let template = e.settings.chat_template.clone().or_else(|| e.meta.chat_template.clone()).unwrap_or_default();
+    let mut caps = vec!["completion", "tools"];
+    if template.is_empty() && e.meta.architecture.as_deref().is_some_and(|a| !a.starts_with("gemma")) {
+        caps.retain(|c| *c != "tools");
+    }
+    Ok(Json(json!({
+        "modelfile": format!("# Modelfile generated by rockchip-llama\nFROM {}\n", e.path.display()),
+        "parameters": parameters,
+        "template": template,
+        "system": e.settings.system.clone().unwrap_or_default(),
+        "license": e.license.clone().unwrap_or_default(),
+        "details": details(&e),
+        "model_info": Value::Object(info),
+        "capabilities": caps,
+        "modified_at": rfc3339(e.modified),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/version", tag = "ollama", responses((status = 200, description = "Agent version")))]
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `DELETE /api/delete` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteRequest {
+    #[serde(alias = "name")]
+    pub model: String,
+}
+
+#[utoipa::path(delete, path = "/api/delete", tag = "ollama", request_body = DeleteRequest,
+    responses((status = 200, description = "Deleted"), (status = 404, description = "Unknown model")))]
+pub async fn delete(
+    State(st): State<AppState>,
+    OllamaJson(req): OllamaJson<DeleteRequest>,
+) -> Result<StatusCode, OllamaError> {
+    let e = infer::find_model(&st, &req.model)?;
+    st.sched.unload(&e.name);
+    crate::store::delete(st.sched.registry().dir(), &e.path)?;
+    st.sched.registry().rescan();
+    Ok(StatusCode::OK)
+}
+
+/// `POST /api/pull` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PullRequest {
+    /// A catalog name, or an http(s) URL of the file.
+    #[serde(alias = "name")]
+    pub model: String,
+    /// URL of the file when `model` is the name to store it as.
+    pub url: Option<String>,
+    /// Required for URLs the catalog does not pin.
+    pub sha256: Option<String>,
+    pub stream: Option<bool>,
+    /// Accepted for compatibility; TLS is always verified.
+    pub insecure: Option<bool>,
+}
+
+#[utoipa::path(post, path = "/api/pull", tag = "ollama", request_body = PullRequest,
+    responses((status = 200, description = "NDJSON progress {status, digest, total, completed}"),
+              (status = 400, description = "Invalid request")))]
+pub async fn pull(
+    State(st): State<AppState>,
+    OllamaJson(req): OllamaJson<PullRequest>,
+) -> Result<Response, OllamaError> {
+    let plan =
+        crate::store::plan_pull(st.sched.registry().catalog(), &req.model, req.url.as_deref(), req.sha256.as_deref())?;
+    let stream = req.stream.unwrap_or(true);
+    let progress =
+        crate::store::pull(st.http.clone(), st.sched.registry().dir().to_path_buf(), plan, Arc::clone(&st.pulls));
+    let registry = Arc::clone(st.sched.registry());
+    let progress = progress.inspect(move |v| {
+        if v["status"] == "success" {
+            registry.rescan();
+        }
+    });
+    if stream {
+        let body = Body::from_stream(progress.map(|v| Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n"))));
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        return Ok(resp);
+    }
+    let last =
+        progress.collect::<Vec<Value>>().await.pop().unwrap_or_else(|| json!({"error": "pull produced no result"}));
+    if let Some(err) = last.get("error").and_then(Value::as_str) {
+        return Err(AppError::Internal(err.to_owned()).into());
+    }
+    Ok(Json(last).into_response())
+}

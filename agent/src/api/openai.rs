@@ -1,0 +1,515 @@
+//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+//!
+//! Streaming uses SSE: `data: {chunk}` lines, an optional usage chunk with `choices: []`
+//! (`stream_options.include_usage`), then `data: [DONE]` exactly once. Errors after the stream
+//! started are sent as an OpenAI error object in a `data:` line, which clients parse.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::{
+    AppState,
+    error::{AppError, OaiError, OaiJson},
+    infer::{self, GenParams, OutputFormat, Prompt, Running},
+};
+use crate::{
+    engine::{Event, FinishReason, Perf},
+    models::ModelEntry,
+    tools::{self, ToolCall},
+};
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a final chunk with `usage` and an empty `choices` list.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by chat and text completions. llama.cpp's extensions (`top_k`,
+/// `min_p`, `repeat_penalty`, `ignore_eos`) are accepted too.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct OaiSampling {
+    #[schema(minimum = 0, maximum = 2)]
+    pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub frequency_penalty: Option<f32>,
+    /// Same seed, same prompt, same settings → same text.
+    pub seed: Option<i64>,
+    /// A string or a list of up to 4 strings; generation stops before them.
+    #[schema(value_type = Object)]
+    pub stop: Option<Value>,
+    /// Number of choices; only 1 is supported.
+    pub n: Option<u32>,
+    /// Keep generating past end-of-generation tokens (llama.cpp extension, for benchmarks).
+    pub ignore_eos: Option<bool>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Not supported; `true` is refused.
+    pub logprobs: Option<Value>,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    /// Messages with `role` (system, developer, user, assistant, tool) and `content` (a string
+    /// or a list of `{"type": "text", "text": …}` parts).
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Value>,
+    pub max_tokens: Option<u32>,
+    /// Preferred over `max_tokens` when both are set.
+    pub max_completion_tokens: Option<u32>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    #[schema(value_type = Object)]
+    pub response_format: Option<Value>,
+    /// OpenAI function tools.
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Option<Vec<Value>>,
+    /// `"none"` disables the tools; other values are accepted and behave like `"auto"`.
+    #[schema(value_type = Object)]
+    pub tool_choice: Option<Value>,
+    #[serde(flatten)]
+    pub sampling: OaiSampling,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// A string, or a list holding one string.
+    #[schema(value_type = Object)]
+    pub prompt: Value,
+    /// Defaults to 16, as in OpenAI's API.
+    pub max_tokens: Option<u32>,
+    /// Prepend the prompt to the returned text.
+    pub echo: Option<bool>,
+    /// Not supported; refused when set.
+    pub suffix: Option<String>,
+    #[serde(flatten)]
+    pub sampling: OaiSampling,
+}
+
+/// Applies the shared fields; refuses what the agent cannot honour, naming the parameter.
+fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), AppError> {
+    if s.n.is_some_and(|n| n != 1) {
+        return Err(AppError::bad("n", "only n = 1 is supported"));
+    }
+    if s.logprobs.as_ref().is_some_and(|v| v.as_bool() == Some(true) || v.is_number()) {
+        return Err(AppError::bad("logprobs", "logprobs are not supported"));
+    }
+    let q = &mut p.sampling;
+    if let Some(v) = s.temperature {
+        q.temperature = v;
+    }
+    if let Some(v) = s.top_p {
+        q.top_p = v;
+    }
+    if let Some(v) = s.top_k {
+        q.top_k = v;
+    }
+    if let Some(v) = s.min_p {
+        q.min_p = v;
+    }
+    if let Some(v) = s.repeat_penalty {
+        q.repeat_penalty = v;
+    }
+    if let Some(v) = s.presence_penalty {
+        q.presence_penalty = v;
+    }
+    if let Some(v) = s.frequency_penalty {
+        q.frequency_penalty = v;
+    }
+    if let Some(seed) = s.seed {
+        // OpenAI seeds are 64-bit; llama.cpp's are 32-bit. Fold, so distinct seeds stay distinct
+        // as far as possible and equal seeds stay equal.
+        q.seed = Some((seed as u64 ^ (seed as u64 >> 32)) as u32);
+    }
+    p.stop = infer::parse_stop(s.stop.as_ref())?;
+    if p.stop.len() > 16 {
+        return Err(AppError::bad("stop", "at most 16 stop strings are supported"));
+    }
+    p.ignore_eos = s.ignore_eos.unwrap_or(false);
+    q.validate().map_err(|m| AppError::BadRequest { param: first_word_param(&m), message: m })
+}
+
+/// Sampling validation messages start with the parameter's name.
+fn first_word_param(msg: &str) -> Option<&'static str> {
+    const NAMES: [&str; 8] = [
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_last_n",
+    ];
+    NAMES.into_iter().find(|n| msg.starts_with(n))
+}
+
+fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(OutputFormat::JsonObject)),
+        Some("json_schema") => {
+            let schema =
+                v.get("json_schema").and_then(|j| j.get("schema")).filter(|s| s.is_object()).ok_or_else(|| {
+                    AppError::bad("response_format", "json_schema.schema must be a JSON schema object")
+                })?;
+            Ok(Some(OutputFormat::Schema(schema.clone())))
+        }
+        _ => Err(AppError::bad("response_format", "response_format.type must be text, json_object or json_schema")),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "A chat.completion object, or an SSE stream of chat.completion.chunk objects"),
+              (status = 400, description = "Invalid request"), (status = 404, description = "Unknown model"),
+              (status = 429, description = "Queue full")))]
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    OaiJson(req): OaiJson<ChatCompletionRequest>,
+) -> Result<Response, OaiError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    let mut params = GenParams::for_model(&entry);
+    apply_sampling(&req.sampling, &mut params)?;
+    if let Some(m) = req.max_completion_tokens.or(req.max_tokens) {
+        params.max_tokens = Some(m);
+    }
+    params.format = parse_response_format(req.response_format.as_ref())?;
+    let messages = infer::normalize_messages(&req.messages)?;
+    let tools_off = req.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    let tools = req.tools.filter(|t| !t.is_empty() && !tools_off).map(Value::Array);
+    if tools.is_some() && params.format.is_some() {
+        return Err(AppError::bad("response_format", "response_format cannot be combined with tools").into());
+    }
+    let stream = req.sampling.stream.unwrap_or(false);
+    let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
+    let id = infer::new_id("chatcmpl");
+    if stream {
+        return Ok(sse(chat_stream(run, id, include_usage)));
+    }
+    let model = run.model_name().to_owned();
+    let tool_names = run.tool_names.clone();
+    let done = run.collect().await?;
+    let (content, calls) =
+        if tool_names.is_empty() { (done.text, Vec::new()) } else { tools::parse(&done.text, &tool_names) };
+    let mut message = json!({"role": "assistant", "content": content});
+    let finish = if calls.is_empty() {
+        finish_reason(done.reason)
+    } else {
+        message["tool_calls"] = tool_calls_json(&calls, &id, false);
+        if message["content"] == "" {
+            message["content"] = Value::Null;
+        }
+        "tool_calls"
+    };
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": infer::unix_now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+        "usage": usage(&done.perf),
+        "timings": timings(&done.perf),
+    }))
+    .into_response())
+}
+
+fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let created = infer::unix_now();
+        let model = run.model_name().to_owned();
+        let chunk = |delta: Value, finish: Option<&str>| json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        yield Ok(data(&chunk(json!({"role": "assistant", "content": ""}), None)));
+        let buffering = !run.tool_names.is_empty();
+        let mut held = String::new();
+        while let Some(ev) = run.next().await {
+            match ev {
+                Event::Token { text, .. } if buffering => held.push_str(&text),
+                Event::Token { text, .. } => yield Ok(data(&chunk(json!({"content": text}), None))),
+                Event::Done { reason, perf } => {
+                    let mut finish = finish_reason(reason);
+                    if buffering {
+                        // Tool calls can only be recognised in the whole text.
+                        let (content, calls) = tools::parse(&held, &run.tool_names);
+                        if !content.is_empty() {
+                            yield Ok(data(&chunk(json!({"content": content}), None)));
+                        }
+                        if !calls.is_empty() {
+                            yield Ok(data(&chunk(json!({"tool_calls": tool_calls_json(&calls, &id, true)}), None)));
+                            finish = "tool_calls";
+                        }
+                    }
+                    let mut last = chunk(json!({}), Some(finish));
+                    last["timings"] = timings(&perf);
+                    yield Ok(data(&last));
+                    if include_usage {
+                        yield Ok(data(&json!({
+                            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [], "usage": usage(&perf),
+                        })));
+                    }
+                    break;
+                }
+                Event::Error(e) => {
+                    yield Ok(data(&AppError::from(e).openai_body()));
+                    break;
+                }
+            }
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}
+
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
+    responses((status = 200, description = "A text_completion object, or an SSE stream of them"),
+              (status = 400, description = "Invalid request"), (status = 404, description = "Unknown model")))]
+pub async fn completions(
+    State(st): State<AppState>,
+    OaiJson(req): OaiJson<CompletionRequest>,
+) -> Result<Response, OaiError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    let prompt = match &req.prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
+        Value::Array(_) => {
+            return Err(AppError::bad("prompt", "prompt must be a string or a list holding one string").into());
+        }
+        _ => return Err(AppError::bad("prompt", "prompt must be a string").into()),
+    };
+    if prompt.is_empty() {
+        return Err(AppError::bad("prompt", "prompt must not be empty").into());
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(AppError::bad("suffix", "suffix is not supported").into());
+    }
+    let mut params = GenParams::for_model(&entry);
+    apply_sampling(&req.sampling, &mut params)?;
+    params.max_tokens = Some(req.max_tokens.unwrap_or(16));
+    let echo = req.echo.unwrap_or(false).then(|| prompt.clone());
+    let stream = req.sampling.stream.unwrap_or(false);
+    let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let run = infer::start(&st, &entry, Prompt::Text(prompt), params).await?;
+    let id = infer::new_id("cmpl");
+    if stream {
+        return Ok(sse(completion_stream(run, id, include_usage, echo)));
+    }
+    let model = run.model_name().to_owned();
+    let done = run.collect().await?;
+    let text = echo.unwrap_or_default() + &done.text;
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": infer::unix_now(), "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(done.reason), "logprobs": null}],
+        "usage": usage(&done.perf),
+        "timings": timings(&done.perf),
+    }))
+    .into_response())
+}
+
+fn completion_stream(
+    mut run: Running,
+    id: String,
+    include_usage: bool,
+    echo: Option<String>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let created = infer::unix_now();
+        let model = run.model_name().to_owned();
+        let chunk = |text: &str, finish: Option<&str>| json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
+        });
+        if let Some(p) = &echo {
+            yield Ok(data(&chunk(p, None)));
+        }
+        while let Some(ev) = run.next().await {
+            match ev {
+                Event::Token { text, .. } => yield Ok(data(&chunk(&text, None))),
+                Event::Done { reason, perf } => {
+                    let mut last = chunk("", Some(finish_reason(reason)));
+                    last["timings"] = timings(&perf);
+                    yield Ok(data(&last));
+                    if include_usage {
+                        yield Ok(data(&json!({"id": id, "object": "text_completion", "created": created,
+                            "model": model, "choices": [], "usage": usage(&perf)})));
+                    }
+                    break;
+                }
+                Event::Error(e) => {
+                    yield Ok(data(&AppError::from(e).openai_body()));
+                    break;
+                }
+            }
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}
+
+fn sse(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn data(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn tool_calls_json(calls: &[ToolCall], id: &str, with_index: bool) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = json!({
+                    "id": format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments.to_string()},
+                });
+                if with_index {
+                    v["index"] = json!(i);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// OpenAI `usage`, from the engine's counts.
+pub fn usage(p: &Perf) -> Value {
+    json!({
+        "prompt_tokens": p.prompt_tokens,
+        "completion_tokens": p.generated_tokens,
+        "total_tokens": p.prompt_tokens + p.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": p.cached_tokens},
+    })
+}
+
+/// llama.cpp server's `timings` block.
+pub fn timings(p: &Perf) -> Value {
+    let per_tok = |ms: f64, n: u32| if n == 0 { 0.0 } else { ms / f64::from(n) };
+    let per_sec = |ms: f64, n: u32| if ms <= 0.0 { 0.0 } else { 1e3 * f64::from(n) / ms };
+    json!({
+        "cache_n": p.cached_tokens,
+        "prompt_n": p.prompt_eval_tokens,
+        "prompt_ms": p.prefill_ms,
+        "prompt_per_token_ms": per_tok(p.prefill_ms, p.prompt_eval_tokens),
+        "prompt_per_second": per_sec(p.prefill_ms, p.prompt_eval_tokens),
+        "predicted_n": p.generated_tokens,
+        "predicted_ms": p.generate_ms,
+        "predicted_per_token_ms": per_tok(p.generate_ms, p.generated_tokens),
+        "predicted_per_second": per_sec(p.generate_ms, p.generated_tokens.saturating_sub(1)),
+    })
+}
+
+fn model_object(e: &ModelEntry) -> Value {
+    let created = e.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    json!({
+        "id": e.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "rockchip-llama",
+        "meta": {"file": e.file_name, "format": e.format.as_str(), "context_length": e.context,
+                 "size": e.size, "aliases": e.aliases},
+    })
+}
+
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "Models on this agent")))]
+pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = st.sched.registry().list().iter().map(|e| model_object(e)).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
+    params(("model" = String, Path, description = "Model name, alias or file name")),
+    responses((status = 200, description = "The model"), (status = 404, description = "Unknown model")))]
+pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, OaiError> {
+    let e = infer::find_model(&st, &model)?;
+    Ok(Json(model_object(&e)))
+}
+
+/// Body of the explicit residency routes.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ModelAction {
+    pub model: String,
+    /// For load: how long to stay resident when idle (`5m`, seconds, negative = forever).
+    #[schema(value_type = Object)]
+    pub keep_alive: Option<Value>,
+}
+
+#[utoipa::path(post, path = "/v1/models/load", tag = "residency", request_body = ModelAction,
+    responses((status = 200, description = "Loaded"), (status = 404, description = "Unknown model")))]
+pub async fn load_model(
+    State(st): State<AppState>,
+    OaiJson(req): OaiJson<ModelAction>,
+) -> Result<Json<Value>, OaiError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    let ka = req
+        .keep_alive
+        .as_ref()
+        .map(crate::keepalive::KeepAlive::from_json)
+        .transpose()
+        .map_err(|m| AppError::bad("keep_alive", m))?;
+    let ka = st.sched.keep_alive_for(&entry, ka);
+    let r = st.sched.load(&entry, ka).await?;
+    Ok(Json(json!({"model": entry.name, "loaded": true, "load_duration_ms": r.load_duration.as_secs_f64() * 1e3})))
+}
+
+#[utoipa::path(post, path = "/v1/models/unload", tag = "residency", request_body = ModelAction,
+    responses((status = 200, description = "Unloaded (or was not loaded)"), (status = 404, description = "Unknown model")))]
+pub async fn unload_model(
+    State(st): State<AppState>,
+    OaiJson(req): OaiJson<ModelAction>,
+) -> Result<Json<Value>, OaiError> {
+    let entry = infer::find_model(&st, &req.model)?;
+    let was = st.sched.unload(&entry.name);
+    Ok(Json(json!({"model": entry.name, "was_loaded": was})))
+}
+
+#[utoipa::path(get, path = "/v1/models/loaded", tag = "residency", responses((status = 200, description = "Resident models")))]
+pub async fn loaded_models(State(st): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = st.sched.residents().iter().map(|r| resident_json(r)).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn resident_json(r: &Arc<crate::sched::Resident>) -> Value {
+    json!({
+        "id": r.entry.name,
+        "engine": r.engine,
+        "context_length": r.instance.facts().n_ctx,
+        "size": r.memory(),
+        "in_use": r.in_use(),
+        "expires_at": r.expires_at().map(super::ollama::rfc3339),
+    })
+}

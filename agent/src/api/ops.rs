@@ -1,0 +1,35 @@
+//! Operational routes: health, readiness, metrics, the OpenAPI document, and Ollama's `GET /`.
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+
+use super::AppState;
+
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is serving")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, description = "Ready for traffic"), (status = 503, description = "Starting or shutting down")))]
+pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    if st.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode())
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], super::openapi_json())
+}
+
+/// Ollama clients probe `GET /` (and `HEAD /`) for this exact text.
+#[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, description = "Ollama is running")))]
+pub async fn root() -> &'static str {
+    "Ollama is running"
+}

@@ -1,0 +1,165 @@
+//! The agent's config file (`--config`): per-model defaults for sampling, context and
+//! keep_alive. YAML (JSON is accepted too, being YAML). Request fields override these; these
+//! override the built-in defaults.
+//!
+//! ```yaml
+//! defaults:
+//!   context: 4096
+//!   keep_alive: 5m
+//!   sampling: { temperature: 0.7 }
+//! models:
+//!   smollm2-135m-instruct:
+//!     aliases: [smol]
+//!     context: 2048
+//!     keep_alive: -1
+//!     max_tokens: 256
+//!     system: "You are terse."
+//!     sampling: { temperature: 0.2, top_k: 20 }
+//! ```
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+
+use crate::{engine::SamplingParams, keepalive::KeepAlive};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub defaults: ModelConfig,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Settings for one model (or for all, under `defaults`). Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Context window per sequence, in tokens.
+    pub context: Option<u32>,
+    /// A duration (`5m`), seconds, or negative for forever.
+    pub keep_alive: Option<serde_json::Value>,
+    /// Default cap on generated tokens when a request sets none.
+    pub max_tokens: Option<u32>,
+    /// System prompt added when a chat has none.
+    pub system: Option<String>,
+    /// A Jinja chat template replacing the one in the model file.
+    pub chat_template: Option<String>,
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    pub temperature: Option<f32>,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<i32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u32>,
+}
+
+impl SamplingConfig {
+    pub fn apply(&self, p: &mut SamplingParams) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
+        }
+        set!(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty);
+        if self.seed.is_some() {
+            p.seed = self.seed;
+        }
+    }
+}
+
+/// Effective defaults for one model after merging `defaults` and its own section.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub aliases: Vec<String>,
+    pub context: Option<u32>,
+    pub keep_alive: Option<KeepAlive>,
+    pub max_tokens: Option<u32>,
+    pub system: Option<String>,
+    pub chat_template: Option<String>,
+    pub sampling: SamplingParams,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: Self = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, m) in
+            std::iter::once(("defaults", &self.defaults)).chain(self.models.iter().map(|(k, v)| (k.as_str(), v)))
+        {
+            if let Some(v) = &m.keep_alive {
+                KeepAlive::from_json(v).map_err(|e| format!("{name}: {e}"))?;
+            }
+            let mut p = SamplingParams::default();
+            m.sampling.apply(&mut p);
+            p.validate().map_err(|e| format!("{name}.sampling: {e}"))?;
+            if m.context == Some(0) {
+                return Err(format!("{name}: context must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings for the model called `name` (its friendly name).
+    pub fn effective(&self, name: &str) -> Effective {
+        let own = self.models.get(name);
+        let pick = |f: fn(&ModelConfig) -> Option<&serde_json::Value>| own.and_then(f).or(f(&self.defaults)).cloned();
+        let mut sampling = SamplingParams::default();
+        self.defaults.sampling.apply(&mut sampling);
+        if let Some(m) = own {
+            m.sampling.apply(&mut sampling);
+        }
+        Effective {
+            aliases: own.map(|m| m.aliases.clone()).unwrap_or_default(),
+            context: own.and_then(|m| m.context).or(self.defaults.context),
+            keep_alive: pick(|m| m.keep_alive.as_ref()).and_then(|v| KeepAlive::from_json(&v).ok()),
+            max_tokens: own.and_then(|m| m.max_tokens).or(self.defaults.max_tokens),
+            system: own.and_then(|m| m.system.clone()).or_else(|| self.defaults.system.clone()),
+            chat_template: own.and_then(|m| m.chat_template.clone()).or_else(|| self.defaults.chat_template.clone()),
+            sampling,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_section_overrides_defaults() {
+        let cfg: Config = serde_saphyr::from_str(
+            "defaults:\n  context: 4096\n  keep_alive: 5m\n  sampling: {temperature: 0.7}\nmodels:\n  a:\n    context: 2048\n    keep_alive: -1\n    sampling: {top_k: 5}\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let a = cfg.effective("a");
+        assert_eq!(a.context, Some(2048));
+        assert_eq!(a.keep_alive, Some(KeepAlive::Forever));
+        assert_eq!((a.sampling.temperature, a.sampling.top_k), (0.7, 5));
+        let b = cfg.effective("b");
+        assert_eq!(b.context, Some(4096));
+        assert_eq!(b.keep_alive, Some(KeepAlive::For(std::time::Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_place() {
+        let cfg: Config = serde_saphyr::from_str("models:\n  a:\n    sampling: {top_p: 3}\n").unwrap();
+        assert!(cfg.validate().unwrap_err().contains("a.sampling: top_p"));
+        assert!(serde_saphyr::from_str::<Config>("defaults:\n  nonsense: 1\n").is_err());
+    }
+}

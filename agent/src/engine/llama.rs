@@ -1,0 +1,519 @@
+//! CPU engine: llama.cpp through `llama-cpp-2`.
+//!
+//! Each loaded model owns one OS thread that owns the `LlamaContext` (llama.cpp contexts are not
+//! thread-safe). The thread runs a small continuous-batching loop in the style of llama.cpp's
+//! server: `parallel` slots, each a KV-cache sequence; every step decodes one batch holding the
+//! next token of each generating slot plus prompt chunks of slots still prefilling.
+//!
+//! ```text
+//!  submit() ──Cmd──► worker thread ──► slots[0..parallel] ──► one llama_decode per step
+//!                                        │  cache: tokens whose KV the sequence holds
+//!                                        └─ a new prompt keeps the longest common prefix
+//! ```
+//!
+//! Prefix reuse: a slot remembers the tokens its sequence holds. A new request goes to the free
+//! slot sharing the longest prefix with its prompt; only the tail after that prefix is evaluated.
+//! Cancellation: a request whose event receiver was dropped is finished at the next step, so its
+//! slot is free within one token.
+
+use std::{
+    collections::{VecDeque, hash_map::RandomState},
+    hash::BuildHasher,
+    num::NonZeroU32,
+    sync::{Arc, OnceLock, mpsc as std_mpsc},
+    time::Instant,
+};
+
+use llama_cpp_2::{
+    context::{LlamaContext, params::LlamaContextParams},
+    llama_backend::LlamaBackend,
+    llama_batch::LlamaBatch,
+    model::{LlamaModel, params::LlamaModelParams},
+    sampling::LlamaSampler,
+    token::LlamaToken,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    Engine, EngineError, Event, FinishReason, GenRequest, Instance, LoadSpec, ModelFacts, Perf,
+    stop::{StopMatcher, StopOutcome},
+};
+
+/// Tokens evaluated per `llama_decode` call (llama.cpp server default).
+const N_BATCH: u32 = 512;
+
+/// llama.cpp's backend may be initialised once per process.
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    BACKEND
+        .get_or_init(|| {
+            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
+            // llama.cpp logs every tensor at load; keep the agent's own log readable.
+            b.void_logs();
+            Ok(b)
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load { path: "<backend>".into(), reason: e.clone() })
+}
+
+/// A GBNF grammar accepting JSON that matches `schema` (llama.cpp's own converter, as its server
+/// uses for `response_format`).
+pub fn grammar_for_schema(schema: &serde_json::Value) -> Result<String, EngineError> {
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| EngineError::Grammar(e.to_string()))
+}
+
+/// The llama.cpp engine; stateless, instances carry the state.
+#[derive(Debug, Default)]
+pub struct LlamaEngine;
+
+impl Engine for LlamaEngine {
+    fn name(&self) -> &'static str {
+        "llama.cpp"
+    }
+
+    fn load(&self, spec: &LoadSpec) -> Result<Arc<dyn Instance>, EngineError> {
+        let backend = backend()?;
+        let load_err = |reason: String| EngineError::Load { path: spec.path.display().to_string(), reason };
+        let model = LlamaModel::load_from_file(backend, &spec.path, &LlamaModelParams::default())
+            .map_err(|e| load_err(e.to_string()))?;
+        let model = Arc::new(model);
+        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<ModelFacts, EngineError>>();
+        let worker_model = Arc::clone(&model);
+        let worker_spec = spec.clone();
+        let name = spec.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::thread::Builder::new()
+            .name(format!("llama:{}", name.chars().take(10).collect::<String>()))
+            .spawn(move || worker(backend, &worker_model, &worker_spec, &cmd_rx, &ready_tx))
+            .map_err(|e| load_err(format!("cannot start engine thread: {e}")))?;
+        let facts = ready_rx.recv().map_err(|_| load_err("engine thread exited during load".into()))??;
+        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts }))
+    }
+}
+
+/// A request travelling to the worker thread.
+struct Job {
+    req: GenRequest,
+    tx: mpsc::UnboundedSender<Event>,
+    submitted: Instant,
+}
+
+struct LlamaInstance {
+    model: Arc<LlamaModel>,
+    tx: std_mpsc::Sender<Job>,
+    facts: ModelFacts,
+}
+
+impl Instance for LlamaInstance {
+    fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job { req, tx, submitted: Instant::now() };
+        if let Err(std_mpsc::SendError(job)) = self.tx.send(job) {
+            let _ = job.tx.send(Event::Error(EngineError::Stopped));
+        }
+        rx
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        tokenize(&self.model, text).len()
+    }
+
+    fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+}
+
+/// Tokenizes a rendered prompt. Templates write special tokens as text, so they are parsed; BOS
+/// is added only when the model wants it and the template did not already write it.
+fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let bos_text = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+    let add_bos = vocab.should_add_bos() && (bos_text.is_empty() || !text.starts_with(&bos_text));
+    vocab.tokenize(text.as_bytes(), add_bos, true)
+}
+
+/// State of one KV-cache sequence.
+struct Slot {
+    seq: i32,
+    /// Tokens whose KV entries sequence `seq` holds, in position order.
+    cache: Vec<LlamaToken>,
+    active: Option<Active>,
+}
+
+/// A request being served by a slot.
+struct Active {
+    tx: mpsc::UnboundedSender<Event>,
+    prompt: Vec<LlamaToken>,
+    /// Index into `prompt` of the next token to evaluate.
+    next_prompt: usize,
+    sampler: LlamaSampler,
+    matcher: StopMatcher,
+    /// Bytes of a UTF-8 sequence split across tokens.
+    utf8: Vec<u8>,
+    max_tokens: Option<u32>,
+    ignore_eos: bool,
+    generated: u32,
+    /// Sampled but not yet evaluated; fed in the next batch.
+    pending: Option<LlamaToken>,
+    /// Position in the current batch whose logits belong to this slot.
+    logits_at: Option<i32>,
+    started: Instant,
+    first_token: Option<Instant>,
+    perf: Perf,
+}
+
+fn worker(
+    backend: &LlamaBackend,
+    model: &LlamaModel,
+    spec: &LoadSpec,
+    rx: &std_mpsc::Receiver<Job>,
+    ready: &std_mpsc::Sender<Result<ModelFacts, EngineError>>,
+) {
+    let parallel = spec.parallel.max(1);
+    let threads = i32::try_from(spec.threads.max(1)).unwrap_or(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(spec.n_ctx * parallel))
+        .with_n_batch(N_BATCH)
+        .with_n_ubatch(N_BATCH)
+        .with_n_seq_max(parallel)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        // Sliding-window layers (Gemma 3) can only drop a suffix of a sequence when they keep
+        // the full window history; prefix reuse needs that.
+        .with_swa_full(spec.prefix_cache);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Load {
+                path: spec.path.display().to_string(),
+                reason: format!("cannot create context: {e}"),
+            }));
+            return;
+        }
+    };
+    let n_ctx_seq = ctx.n_ctx() / parallel;
+    let kv_bytes = kv_cache_bytes(model, ctx.n_ctx());
+    let vocab = model.vocab();
+    let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+    let facts = ModelFacts {
+        bos: piece(vocab.bos()),
+        eos: piece(vocab.eos()),
+        n_ctx: n_ctx_seq,
+        n_ctx_train: model.n_ctx_train(),
+        n_params: model.n_params(),
+        size_bytes: model.size() + kv_bytes,
+    };
+    if ready.send(Ok(facts)).is_err() {
+        return;
+    }
+    let mut slots: Vec<Slot> = (0..parallel).map(|i| Slot { seq: i as i32, cache: Vec::new(), active: None }).collect();
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+    let mut open = true;
+
+    while open || !queue.is_empty() || slots.iter().any(|s| s.active.is_some()) {
+        let idle = queue.is_empty() && slots.iter().all(|s| s.active.is_none());
+        if idle {
+            match rx.recv() {
+                Ok(job) => queue.push_back(job),
+                Err(_) => break,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(job) => queue.push_back(job),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        // Drop queued requests whose client already left.
+        queue.retain(|j| !j.tx.is_closed());
+        while let Some(free) = pick_slot(&slots, queue.front().map(|j| &j.req), model, spec.prefix_cache) {
+            let Some(job) = queue.pop_front() else { break };
+            start(model, &mut ctx, &mut slots[free], job, n_ctx_seq, spec.prefix_cache);
+        }
+        step(model, &mut ctx, &mut batch, &mut slots, n_ctx_seq);
+    }
+    tracing::debug!(model = %spec.path.display(), "engine thread stopped");
+}
+
+/// Approximate KV-cache size (f16 K and V for every layer) used for memory accounting.
+fn kv_cache_bytes(model: &LlamaModel, n_ctx: u32) -> u64 {
+    let n_head = u64::from(model.n_head().max(1));
+    let head_dim = u64::try_from(model.n_embd()).unwrap_or(0) / n_head;
+    let kv_dim = head_dim * u64::from(model.n_head_kv());
+    2 * 2 * u64::from(model.n_layer()) * u64::from(n_ctx) * kv_dim
+}
+
+/// The free slot whose cached tokens share the longest prefix with the next request's prompt.
+fn pick_slot(slots: &[Slot], next: Option<&GenRequest>, model: &LlamaModel, reuse: bool) -> Option<usize> {
+    let req = next?;
+    let free = slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
+    if !reuse {
+        return free.map(|(i, _)| i).next();
+    }
+    let prompt = tokenize(model, &req.prompt);
+    free.max_by_key(|(i, s)| (common_prefix(&s.cache, &prompt), std::cmp::Reverse(*i))).map(|(i, _)| i)
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Assigns a job to a slot: tokenizes, trims the sequence to the reusable prefix, builds the
+/// sampler. Errors are sent to the client and leave the slot free.
+fn start(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slot: &mut Slot, job: Job, n_ctx: u32, reuse: bool) {
+    let Job { req, tx, submitted } = job;
+    let started = Instant::now();
+    let prompt = tokenize(model, &req.prompt);
+    if prompt.is_empty() {
+        let _ = tx.send(Event::Error(EngineError::Decode("empty prompt".into())));
+        return;
+    }
+    let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+    if prompt_len >= n_ctx {
+        let _ = tx.send(Event::Error(EngineError::PromptTooLong { prompt: prompt_len, context: n_ctx }));
+        return;
+    }
+    let sampler = match build_sampler(model, &req) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Event::Error(e));
+            return;
+        }
+    };
+    // Keep at least the last prompt token to evaluate: its logits give the first sample.
+    let mut keep = if reuse { common_prefix(&slot.cache, &prompt).min(prompt.len() - 1) } else { 0 };
+    if ctx.kv_cache_seq_rm(slot.seq, Some(keep as u32), None).is_err() {
+        // The memory type cannot drop a suffix (e.g. recurrent state): start the sequence over.
+        let _ = ctx.kv_cache_seq_rm(slot.seq, None, None);
+        keep = 0;
+    }
+    slot.cache.truncate(keep);
+    let perf = Perf {
+        prompt_tokens: prompt_len,
+        cached_tokens: keep as u32,
+        prompt_eval_tokens: prompt_len - keep as u32,
+        queue_ms: started.duration_since(submitted).as_secs_f64() * 1e3,
+        ..Perf::default()
+    };
+    slot.active = Some(Active {
+        tx,
+        prompt,
+        next_prompt: keep,
+        sampler,
+        matcher: StopMatcher::new(&req.stop),
+        utf8: Vec::new(),
+        max_tokens: req.max_tokens,
+        ignore_eos: req.ignore_eos,
+        generated: 0,
+        pending: None,
+        logits_at: None,
+        started,
+        first_token: None,
+        perf,
+    });
+}
+
+/// Sampler chain in llama.cpp's common order: grammar, penalties, top-k, top-p, min-p,
+/// temperature, then a seeded draw (or greedy at temperature 0).
+fn build_sampler(model: &LlamaModel, req: &GenRequest) -> Result<LlamaSampler, EngineError> {
+    let p = &req.sampling;
+    let mut chain = Vec::new();
+    if let Some(g) = &req.grammar {
+        chain.push(LlamaSampler::grammar(model, g, "root").map_err(|e| EngineError::Grammar(e.to_string()))?);
+    }
+    if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let last_n = if p.repeat_last_n < 0 { i32::MAX } else { p.repeat_last_n };
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            last_n,
+            p.repeat_penalty,
+            p.frequency_penalty,
+            p.presence_penalty,
+        ));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(p.top_k));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        let seed = p.seed.unwrap_or_else(|| RandomState::new().hash_one(Instant::now()) as u32);
+        chain.push(LlamaSampler::dist(seed));
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// One decode step over every active slot.
+fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch, slots: &mut [Slot], n_ctx: u32) {
+    batch.clear();
+    // Generating slots first: one token each keeps their inter-token latency flat.
+    for slot in slots.iter_mut() {
+        let Some(a) = slot.active.as_mut() else { continue };
+        if a.tx.is_closed() {
+            finish(slot, FinishReason::Cancelled);
+            continue;
+        }
+        a.logits_at = None;
+        if let Some(tok) = a.pending.take() {
+            let pos = slot.cache.len() as i32;
+            if batch.add(tok, pos, &[slot.seq], true).is_ok() {
+                slot.cache.push(tok);
+                a.logits_at = Some(batch.n_tokens() - 1);
+            } else {
+                a.pending = Some(tok);
+            }
+        }
+    }
+    for slot in slots.iter_mut() {
+        let Some(a) = slot.active.as_mut() else { continue };
+        while a.next_prompt < a.prompt.len() && (batch.n_tokens() as u32) < N_BATCH {
+            let tok = a.prompt[a.next_prompt];
+            let last = a.next_prompt + 1 == a.prompt.len();
+            let pos = slot.cache.len() as i32;
+            if batch.add(tok, pos, &[slot.seq], last).is_err() {
+                break;
+            }
+            slot.cache.push(tok);
+            a.next_prompt += 1;
+            if last {
+                a.logits_at = Some(batch.n_tokens() - 1);
+            }
+        }
+    }
+    if batch.n_tokens() == 0 {
+        return;
+    }
+    if let Err(e) = ctx.decode(batch) {
+        // A failed decode leaves the sequences in an unknown state: fail their requests and
+        // forget what they held.
+        for slot in slots.iter_mut() {
+            if let Some(a) = slot.active.take() {
+                let _ = a.tx.send(Event::Error(EngineError::Decode(e.to_string())));
+            }
+            let _ = ctx.kv_cache_seq_rm(slot.seq, None, None);
+            slot.cache.clear();
+        }
+        return;
+    }
+    for slot in slots.iter_mut() {
+        let Some(a) = slot.active.as_mut() else { continue };
+        let Some(idx) = a.logits_at else { continue };
+        let tok = a.sampler.sample(ctx, idx);
+        if let Some(reason) = on_token(model, a, tok, slot.cache.len() as u32, n_ctx) {
+            finish(slot, reason);
+        }
+    }
+}
+
+/// Handles a sampled token; returns why the generation ends, if it does.
+fn on_token(model: &LlamaModel, a: &mut Active, tok: LlamaToken, used: u32, n_ctx: u32) -> Option<FinishReason> {
+    let now = Instant::now();
+    if a.first_token.is_none() {
+        a.first_token = Some(now);
+        a.perf.prefill_ms = now.duration_since(a.started).as_secs_f64() * 1e3;
+    }
+    let vocab = model.vocab();
+    if vocab.is_eog(tok) && !a.ignore_eos {
+        return Some(FinishReason::Stop);
+    }
+    a.generated += 1;
+    a.utf8.extend_from_slice(&vocab.token_to_piece(tok, false, None));
+    let text = take_utf8(&mut a.utf8);
+    if !text.is_empty() {
+        match a.matcher.push(&text) {
+            StopOutcome::Continue(t) => send_text(a, t, tok),
+            StopOutcome::Stopped(t) => {
+                send_text(a, t, tok);
+                return Some(FinishReason::Stop);
+            }
+        }
+    }
+    if a.max_tokens.is_some_and(|m| a.generated >= m) || used + 1 >= n_ctx {
+        return Some(FinishReason::Length);
+    }
+    a.pending = Some(tok);
+    None
+}
+
+fn send_text(a: &Active, text: String, tok: LlamaToken) {
+    if !text.is_empty() {
+        let _ = a.tx.send(Event::Token { text, id: tok.0 });
+    }
+}
+
+/// Splits off the longest valid UTF-8 prefix; an incomplete trailing sequence stays buffered.
+/// Bytes that can never become valid are replaced rather than held forever.
+fn take_utf8(buf: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(buf) {
+        Ok(s) => {
+            let s = s.to_owned();
+            buf.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            let valid = e.valid_up_to();
+            let s = String::from_utf8_lossy(&buf[..valid]).into_owned();
+            buf.drain(..valid);
+            s
+        }
+        Err(_) => {
+            let s = String::from_utf8_lossy(buf).into_owned();
+            buf.clear();
+            s
+        }
+    }
+}
+
+/// Ends the slot's request: flushes held text, sends `Done` with the perf record.
+fn finish(slot: &mut Slot, reason: FinishReason) {
+    let Some(mut a) = slot.active.take() else { return };
+    let now = Instant::now();
+    if reason != FinishReason::Cancelled {
+        let mut rest = take_utf8(&mut a.utf8);
+        rest.push_str(&a.matcher.flush());
+        if !rest.is_empty() {
+            let _ = a.tx.send(Event::Token { text: rest, id: -1 });
+        }
+    }
+    let mut perf = a.perf;
+    match a.first_token {
+        Some(t) => perf.generate_ms = now.duration_since(t).as_secs_f64() * 1e3,
+        None => perf.prefill_ms = now.duration_since(a.started).as_secs_f64() * 1e3,
+    }
+    perf.generated_tokens = a.generated;
+    let _ = a.tx.send(Event::Done { reason, perf });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens_is_joined() {
+        let mut buf = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_utf8(&mut buf), "");
+        buf.extend_from_slice(&"é".as_bytes()[1..]);
+        buf.extend_from_slice(b"x");
+        assert_eq!(take_utf8(&mut buf), "éx");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn invalid_bytes_are_not_held_forever() {
+        let mut buf = vec![0xff, b'a'];
+        assert_eq!(take_utf8(&mut buf), "\u{fffd}a");
+    }
+}

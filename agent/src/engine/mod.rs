@@ -1,0 +1,143 @@
+//! The engine boundary (DESIGN.md §5).
+//!
+//! An [`Engine`] loads a model file and returns an [`Instance`]; an instance accepts generation
+//! requests and answers each with a stream of [`Event`]s: zero or more `Token`s, then exactly one
+//! `Done` or `Error`. Everything the HTTP layer reports about speed and token counts comes from the
+//! [`Perf`] record in `Done`, never from an estimate.
+//!
+//! ```text
+//!   api ──GenRequest──► sched ──► Instance::submit ──► engine thread (llama.cpp | RKLLM)
+//!   api ◄──Event stream (Token…, Done|Error) ◄──────────────┘
+//! ```
+
+pub mod llama;
+pub mod sampling;
+pub mod stop;
+
+use std::{path::PathBuf, sync::Arc};
+
+use tokio::sync::mpsc;
+
+pub use sampling::SamplingParams;
+
+/// Why a generation ended. Maps to OpenAI `finish_reason` and Ollama `done_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or a request stop string.
+    Stop,
+    /// `max_tokens` / `num_predict` or the context window was reached.
+    Length,
+    /// The client went away; nobody reads this, but the engine records it.
+    Cancelled,
+}
+
+/// Timings and counts measured by the engine for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Perf {
+    /// Prompt tokens evaluated in this request (excludes the reused prefix).
+    pub prompt_eval_tokens: u32,
+    /// Total prompt tokens including the reused prefix.
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV entries were reused from an earlier request.
+    pub cached_tokens: u32,
+    /// Wall time spent evaluating the prompt, up to the first sampled token.
+    pub prefill_ms: f64,
+    /// Tokens generated (sampled), including the one that ended generation when it was text.
+    pub generated_tokens: u32,
+    /// Wall time from the first sampled token to the end.
+    pub generate_ms: f64,
+    /// Time spent waiting in the queue before the engine picked the request up.
+    pub queue_ms: f64,
+}
+
+/// One generation request, already rendered to a prompt string by the API layer.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    /// The full prompt text, special tokens included (templates render them as text).
+    pub prompt: String,
+    pub sampling: SamplingParams,
+    /// Maximum tokens to generate; `None` = until the context is full.
+    pub max_tokens: Option<u32>,
+    /// Stop strings; generation ends before them and they are not emitted.
+    pub stop: Vec<String>,
+    /// A llama.cpp GBNF grammar constraining the output (JSON mode, JSON schema).
+    pub grammar: Option<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks only).
+    pub ignore_eos: bool,
+}
+
+/// What an instance sends back for one request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A piece of text, always valid UTF-8, never part of a stop string.
+    Token {
+        text: String,
+        id: i32,
+    },
+    Done {
+        reason: FinishReason,
+        perf: Perf,
+    },
+    Error(EngineError),
+}
+
+/// Static facts about a loaded model that the API layer reports.
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    /// Context window per sequence.
+    pub n_ctx: u32,
+    pub n_ctx_train: u32,
+    pub n_params: u64,
+    /// Bytes of the weights plus the KV cache as allocated.
+    pub size_bytes: u64,
+    /// Text of the BOS / EOS tokens, which chat templates may write.
+    pub bos: String,
+    pub eos: String,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub path: PathBuf,
+    /// Context window per parallel sequence.
+    pub n_ctx: u32,
+    /// Sequences decoded together (slots).
+    pub parallel: u32,
+    pub threads: u32,
+    /// Reuse KV entries of a sequence for a prompt that extends what it already holds.
+    pub prefix_cache: bool,
+}
+
+/// Errors an engine reports. One enum for the crate's engines; mapped to HTTP in `api::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("failed to load model {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("prompt is {prompt} tokens but the context window is {context} tokens")]
+    PromptTooLong { prompt: u32, context: u32 },
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("the model instance has stopped")]
+    Stopped,
+}
+
+/// A loaded model. Cheap to clone; the engine thread stops when the last clone is dropped and
+/// in-flight requests have ended.
+pub trait Instance: Send + Sync {
+    /// Queue a request. The returned receiver yields the events; dropping it cancels the request
+    /// within one decode step.
+    fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event>;
+    /// Count the tokens of `text` as the model's tokenizer would (special tokens parsed).
+    fn count_tokens(&self, text: &str) -> usize;
+    fn facts(&self) -> &ModelFacts;
+}
+
+/// Loads model files into instances.
+pub trait Engine: Send + Sync {
+    /// Short name for logs and `/api/ps` (`llama.cpp`, `rkllm`).
+    fn name(&self) -> &'static str;
+    /// Load synchronously; callers run this on a blocking thread.
+    fn load(&self, spec: &LoadSpec) -> Result<Arc<dyn Instance>, EngineError>;
+}

@@ -1,0 +1,199 @@
+//! Model discovery: the files in `--models-dir`, named for users.
+//!
+//! A name resolves, in order, as a friendly name (from the catalog, else derived from the file
+//! name), an alias (catalog or config), the file name, or the file stem. An Ollama tag `:latest`
+//! is ignored; other tags are part of the name.
+
+pub mod catalog;
+pub mod gguf;
+pub mod names;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
+
+pub use catalog::Catalog;
+pub use gguf::GgufMeta;
+
+use crate::config::{Config, Effective};
+
+/// Model file formats, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    Rkllm,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()? {
+            "gguf" => Some(Self::Gguf),
+            "rkllm" => Some(Self::Rkllm),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gguf => "gguf",
+            Self::Rkllm => "rkllm",
+        }
+    }
+}
+
+/// One model file and everything known about it without loading it.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub file_name: String,
+    pub path: PathBuf,
+    pub format: Format,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Context window served per sequence.
+    pub context: u32,
+    /// Context the model was trained for (GGUF) or converted for (`ctxNNNN`).
+    pub context_max: Option<u32>,
+    pub family: Option<String>,
+    pub parameter_size: Option<String>,
+    pub quantization: Option<String>,
+    pub license: Option<String>,
+    /// sha256 of the file when the catalog pins it for this exact size.
+    pub sha256: Option<String>,
+    pub meta: GgufMeta,
+    pub settings: Effective,
+}
+
+impl ModelEntry {
+    /// Bytes this model needs resident: weights plus an f16 KV cache for `parallel` sequences.
+    pub fn memory_estimate(&self, parallel: u32) -> u64 {
+        self.size + self.meta.kv_bytes(self.context * parallel.max(1))
+    }
+
+    fn matches(&self, wanted: &str) -> bool {
+        self.name == wanted
+            || self.aliases.iter().any(|a| a == wanted)
+            || self.file_name == wanted
+            || self.file_name.rsplit_once('.').is_some_and(|(stem, _)| stem == wanted)
+    }
+}
+
+/// The set of discovered models; rescanned after pulls and deletes, and when a lookup misses.
+pub struct Registry {
+    dir: PathBuf,
+    catalog: Catalog,
+    config: Config,
+    entries: RwLock<Vec<Arc<ModelEntry>>>,
+}
+
+impl Registry {
+    pub fn new(dir: PathBuf, catalog: Catalog, config: Config) -> Self {
+        let r = Self { dir, catalog, config, entries: RwLock::new(Vec::new()) };
+        r.rescan();
+        r
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn list(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Finds a model by any of its names; rescans once on a miss (a file may have been copied in).
+    pub fn lookup(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        let wanted = name.strip_suffix(":latest").unwrap_or(name);
+        let find = || self.list().into_iter().find(|e| e.matches(wanted));
+        find().or_else(|| {
+            self.rescan();
+            find()
+        })
+    }
+
+    pub fn rescan(&self) {
+        let found = scan(&self.dir, &self.catalog, &self.config);
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = found.into_iter().map(Arc::new).collect();
+    }
+}
+
+fn scan(dir: &Path, catalog: &Catalog, config: &Config) -> Vec<ModelEntry> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| Format::from_path(p).is_some()).collect(),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read models dir");
+            Vec::new()
+        }
+    };
+    files.sort();
+    let mut out: Vec<ModelEntry> = Vec::new();
+    for path in files {
+        let Some(mut e) = describe(&path, catalog, config) else { continue };
+        if out.iter().any(|o| o.name == e.name) {
+            // Two files with one friendly name (say, two quantisations): the second keeps its stem.
+            e.name = e.file_name.rsplit_once('.').map_or(e.file_name.clone(), |(s, _)| s.to_ascii_lowercase());
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// Everything known about one file; `None` for unreadable files (logged).
+pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<ModelEntry> {
+    let format = Format::from_path(path)?;
+    let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let file_name = path.file_name()?.to_string_lossy().into_owned();
+    let parsed = names::parse_file_name(&file_name);
+    let meta = match format {
+        Format::Gguf => match GgufMeta::read(path) {
+            Some(m) => m,
+            None => {
+                tracing::warn!(file = %path.display(), "not a readable GGUF file; skipped");
+                return None;
+            }
+        },
+        Format::Rkllm => GgufMeta::default(),
+    };
+    let cat = catalog.by_file(&file_name);
+    let name = cat.map_or(parsed.name.clone(), |(m, _)| m.name.clone());
+    let settings = config.effective(&name);
+    let mut aliases: Vec<String> = cat.map(|(m, _)| m.aliases.clone()).unwrap_or_default();
+    aliases.extend(settings.aliases.iter().cloned());
+    let context_max = parsed.context.or(meta.context_length).or(cat.and_then(|(m, _)| m.context));
+    let context = settings
+        .context
+        .unwrap_or_else(|| context_max.map_or(names::DEFAULT_CONTEXT, |m| m.min(names::DEFAULT_CONTEXT)));
+    let sha256 = cat.filter(|(_, f)| f.size == Some(md.len())).and_then(|(_, f)| f.known_sha256().map(str::to_owned));
+    Some(ModelEntry {
+        name,
+        aliases,
+        file_name,
+        path: path.to_path_buf(),
+        format,
+        size: md.len(),
+        modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        context,
+        context_max,
+        family: meta.architecture.clone().or_else(|| cat.and_then(|(m, _)| m.family.clone())),
+        parameter_size: meta.size_label.clone().or_else(|| cat.and_then(|(m, _)| m.parameters.clone())),
+        quantization: meta
+            .quantization()
+            .map(str::to_owned)
+            .or_else(|| parsed.quant.as_ref().map(|q| q.to_ascii_uppercase())),
+        license: cat.and_then(|(m, _)| m.license.clone()).or_else(|| meta.license.clone()),
+        sha256,
+        meta,
+        settings,
+    })
+}

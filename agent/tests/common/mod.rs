@@ -1,0 +1,209 @@
+//! Test support: runs the real agent binary on a loopback port chosen by the OS and talks to
+//! it over TCP. Each `Agent` owns its process and temporary models directory and removes both
+//! when dropped, also when a test fails.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Test models from `ROCKCHIP_LLAMA_TEST_MODELS` (colon-separated; `make test` sets it from
+/// `hack/fetch-models.sh`): SmolLM2 first, then Gemma 3 270M.
+pub fn model_paths() -> Vec<PathBuf> {
+    let v = std::env::var("ROCKCHIP_LLAMA_TEST_MODELS")
+        .expect("ROCKCHIP_LLAMA_TEST_MODELS is not set: run the tests through `make test` (it fetches the models)");
+    v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+}
+
+pub fn smollm2() -> PathBuf {
+    model_paths().into_iter().next().expect("SmolLM2 path")
+}
+
+pub fn gemma() -> PathBuf {
+    model_paths().into_iter().nth(1).expect("Gemma path: ROCKCHIP_LLAMA_TEST_MODELS needs both models")
+}
+
+pub const SMOL: &str = "smollm2-135m-instruct";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("rl-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Agent {
+    child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+}
+
+impl Agent {
+    /// Starts `serve` with the given models symlinked into a fresh models dir and extra flags.
+    pub async fn start(models: &[PathBuf], extra: &[&str]) -> Self {
+        let dir = temp_dir("agent");
+        let models_dir = dir.join("models");
+        std::fs::create_dir_all(&models_dir).unwrap();
+        for m in models {
+            std::os::unix::fs::symlink(m, models_dir.join(m.file_name().unwrap())).unwrap();
+        }
+        Self::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: PathBuf, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rockchip-llama-agent"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--threads", "2"])
+            .arg("--models-dir")
+            .arg(dir.join("models"))
+            .args(extra)
+            .env("ROCKCHIP_LLAMA_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the agent");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("addr=") {
+                    let addr: String = line[i + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("agent did not start; log:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        let agent = Self {
+            child,
+            base: format!("http://{addr}"),
+            dir,
+            log,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap(),
+        };
+        agent.wait_ready().await;
+        agent
+    }
+
+    async fn wait_ready(&self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(120) {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("agent never became ready; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit (bounded) and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POSTs and returns the SSE `data:` payloads (the `[DONE]` marker included as a string).
+    pub async fn sse(&self, path: &str, body: &Value) -> Vec<Value> {
+        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "SSE request failed");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let text = r.text().await.unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap_or(Value::String(d.to_owned())))
+            .collect()
+    }
+
+    /// POSTs and returns the NDJSON objects.
+    pub async fn ndjson(&self, path: &str, body: &Value) -> Vec<Value> {
+        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "NDJSON request failed");
+        let text = r.text().await.unwrap();
+        text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// A metric's value summed over label sets whose text contains `label_filter`.
+    pub async fn metric(&self, name: &str, label_filter: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        let text = body.as_str().unwrap_or_default().to_owned();
+        text.lines()
+            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+            .filter(|l| l.contains(label_filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn models_dir(a: &Agent) -> PathBuf {
+    a.dir.join("models")
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

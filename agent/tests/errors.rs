@@ -1,0 +1,144 @@
+//! Bad input gets the route family's error shape and the right status; auth.
+
+mod common;
+
+use common::{Agent, SMOL, smollm2, temp_dir};
+use serde_json::json;
+
+#[tokio::test]
+async fn errors_have_the_right_status_and_shape() {
+    let a = Agent::start(&[smollm2()], &[]).await;
+    let post_raw = |path: &'static str, body: &'static str| {
+        let c = a.client.clone();
+        let url = a.url(path);
+        async move {
+            let r = c.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Invalid JSON: 400 in each family's shape.
+    let (s, b) = post_raw("/v1/chat/completions", "{not json").await;
+    assert_eq!(s, 400);
+    assert!(b["error"]["message"].is_string() && b["error"]["type"] == "invalid_request_error", "{b}");
+    let (s, b) = post_raw("/api/chat", "{not json").await;
+    assert_eq!(s, 400);
+    assert!(b["error"].is_string(), "{b}");
+    // Wrong types are 400 too.
+    let (s, _) = post_raw("/v1/chat/completions", r#"{"model": "x", "messages": [], "temperature": "hot"}"#).await;
+    assert_eq!(s, 400);
+
+    // Unknown model: 404 both ways.
+    let (s, b) =
+        a.post("/v1/chat/completions", &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (s, b) = a.post("/api/generate", &json!({"model": "nope", "prompt": "x"})).await;
+    assert_eq!(s, 404);
+    assert!(b["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(a.get("/v1/models/nope").await.0, 404);
+    assert_eq!(a.post("/api/show", &json!({"model": "nope"})).await.0, 404);
+
+    // Unsupported values name the parameter.
+    let chat = |extra: serde_json::Value| {
+        let mut b = json!({"model": SMOL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (extra, param) in [
+        (json!({"n": 2}), "n"),
+        (json!({"top_p": 5}), "top_p"),
+        (json!({"response_format": {"type": "xml"}}), "response_format"),
+        (json!({"stop": 5}), "stop"),
+        (json!({"logprobs": true}), "logprobs"),
+    ] {
+        let (s, b) = a.post("/v1/chat/completions", &chat(extra.clone())).await;
+        assert_eq!(s, 400, "{extra}: {b}");
+        assert_eq!(b["error"]["param"], param, "{extra}: {b}");
+    }
+    let (s, b) =
+        a.post("/v1/chat/completions", &json!({"model": SMOL, "messages": [{"role": "robot", "content": "x"}]})).await;
+    assert_eq!(s, 400);
+    assert!(b["error"]["message"].as_str().unwrap().contains("robot"));
+    let (s, b) = a
+        .post(
+            "/api/chat",
+            &json!({"model": SMOL, "messages": [{"role": "user", "content": "x"}], "keep_alive": "soon"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(b["error"].as_str().unwrap().contains("keep_alive"));
+    let (s, _) = a.post("/api/generate", &json!({"model": SMOL, "prompt": "x", "think": true})).await;
+    assert_eq!(s, 400);
+
+    // Prompt longer than the context: 400 with both numbers.
+    let long = "hello ".repeat(6000);
+    let (s, b) =
+        a.post("/v1/chat/completions", &json!({"model": SMOL, "messages": [{"role": "user", "content": long}]})).await;
+    assert_eq!(s, 400, "{b}");
+    let msg = b["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("4096") && msg.contains("context"), "{msg}");
+    let (s, b) = a.post("/api/generate", &json!({"model": SMOL, "prompt": long})).await;
+    assert_eq!(s, 400);
+    assert!(b["error"].as_str().unwrap().contains("4096"));
+
+    // Body over the limit: 413.
+    let huge = format!(r#"{{"model": "{SMOL}", "prompt": "{}"}}"#, "a".repeat(5 << 20));
+    let r = a
+        .client
+        .post(a.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert!(b["error"]["message"].as_str().unwrap().contains("limit"));
+
+    // Unknown routes: 404 in the family's shape.
+    let (s, b) = a.get("/v1/nothing").await;
+    assert_eq!(s, 404);
+    assert!(b["error"]["message"].is_string());
+
+    // Metrics saw all of this, by route template.
+    let (_, m) = a.get("/metrics").await;
+    let m = m.as_str().unwrap();
+    for name in [
+        "rockchip_llama_http_requests_total",
+        "rockchip_llama_http_request_duration_seconds",
+        "rockchip_llama_time_to_first_token_seconds",
+        "rockchip_llama_inter_token_seconds",
+        "rockchip_llama_prompt_tokens_total",
+        "rockchip_llama_generated_tokens_total",
+        "rockchip_llama_queue_depth",
+        "rockchip_llama_active_requests",
+        "rockchip_llama_model_load_seconds",
+        "rockchip_llama_loaded_models",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    assert!(m.contains(r#"route="/v1/chat/completions",status="400""#), "requests by route template and status");
+    assert!(m.contains(r#"route="/v1/models/{*model}""#), "templates, never raw paths");
+}
+
+#[tokio::test]
+async fn api_keys_guard_everything_but_health() {
+    let dir = temp_dir("keys");
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# comment\nsk-one\n\nsk-two\n").unwrap();
+    let a = Agent::start(&[smollm2()], &["--api-key-file", keys.to_str().unwrap()]).await;
+    assert_eq!(a.get("/healthz").await.0, 200);
+    assert_eq!(a.get("/readyz").await.0, 200);
+    assert_eq!(a.get("/").await.0, 200);
+    let (s, b) = a.get("/v1/models").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let (s, b) = a.get("/api/tags").await;
+    assert_eq!(s, 401);
+    assert!(b["error"].is_string());
+    assert_eq!(a.get("/metrics").await.0, 401);
+    let r = a.client.get(a.url("/v1/models")).bearer_auth("sk-two").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = a.client.get(a.url("/api/tags")).bearer_auth("sk-wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let _ = std::fs::remove_dir_all(dir);
+}

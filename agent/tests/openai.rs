@@ -1,0 +1,189 @@
+//! OpenAI routes over real TCP against SmolLM2 on llama.cpp.
+
+mod common;
+
+use common::{Agent, SMOL, smollm2};
+use serde_json::{Value, json};
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body =
+        json!({"model": SMOL, "messages": [{"role": "user", "content": content}], "max_tokens": 24, "temperature": 0});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn stream_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e["choices"].get(0)?.get("delta")?.get("content")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_models_stream_usage_stop_seed_json() {
+    let a = Agent::start(&[smollm2()], &[]).await;
+
+    // Model listing.
+    let (s, models) = a.get("/v1/models").await;
+    assert_eq!(s, 200);
+    assert_eq!(models["object"], "list");
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == SMOL), "{models}");
+    let (s, m) = a.get(&format!("/v1/models/{SMOL}")).await;
+    assert_eq!((s, m["id"].as_str()), (200, Some(SMOL)));
+    assert_eq!(a.get("/v1/models/SmolLM2-135M-Instruct.Q4_1.gguf").await.0, 200, "lookup by file name");
+
+    // Non-streaming chat: usage comes from the engine.
+    let (s, r) = a.post("/v1/chat/completions", &chat("What is 2+2?", json!({}))).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    assert!(!text.is_empty());
+    let finish = r["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{finish}");
+    let u = &r["usage"];
+    // SmolLM2's template adds its default system prompt: far more than the 7 words sent.
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 20, "{u}");
+    let completion = u["completion_tokens"].as_u64().unwrap();
+    assert!(completion > 0 && completion <= 24, "{u}");
+    assert_eq!(u["total_tokens"].as_u64().unwrap(), u["prompt_tokens"].as_u64().unwrap() + completion);
+    assert_eq!(r["timings"]["predicted_n"].as_u64().unwrap(), completion);
+    if finish == "length" {
+        assert_eq!(completion, 24);
+    }
+
+    // Streaming with include_usage: role first, same text as non-streaming at temperature 0,
+    // a usage chunk with no choices, then [DONE] exactly once.
+    let ev = a
+        .sse(
+            "/v1/chat/completions",
+            &chat("What is 2+2?", json!({"stream": true, "stream_options": {"include_usage": true}})),
+        )
+        .await;
+    assert_eq!(ev[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(stream_text(&ev), text);
+    assert_eq!(ev.iter().filter(|e| *e == &json!("[DONE]")).count(), 1);
+    assert_eq!(ev.last().unwrap(), &json!("[DONE]"));
+    let usage = &ev[ev.len() - 2];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], r["usage"]["prompt_tokens"]);
+    assert_eq!(usage["usage"]["completion_tokens"], r["usage"]["completion_tokens"]);
+    let finish_chunk = &ev[ev.len() - 3];
+    assert_eq!(finish_chunk["choices"][0]["finish_reason"], r["choices"][0]["finish_reason"]);
+    // Without include_usage there is no usage chunk.
+    let ev = a.sse("/v1/chat/completions", &chat("What is 2+2?", json!({"stream": true}))).await;
+    assert!(ev.iter().all(|e| e.get("usage").is_none()));
+
+    // Stop strings end the text before them and are not leaked.
+    let long = a.post("/v1/chat/completions", &chat("Name three colors.", json!({"max_tokens": 40}))).await.1;
+    let full = long["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() >= 3, "need a few words to pick a stop from: {full:?}");
+    let stop = words[words.len() / 2];
+    let cut =
+        a.post("/v1/chat/completions", &chat("Name three colors.", json!({"max_tokens": 40, "stop": [stop]}))).await.1;
+    let got = cut["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(got, &full[..full.find(stop).unwrap()], "stop {stop:?} in {full:?}");
+    assert!(!got.contains(stop));
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+    // Streaming honours it too.
+    let ev = a
+        .sse(
+            "/v1/chat/completions",
+            &chat("Name three colors.", json!({"max_tokens": 40, "stop": stop, "stream": true})),
+        )
+        .await;
+    assert_eq!(stream_text(&ev), got);
+
+    // Same seed, same text, even when sampling.
+    let sampled = |seed: u64| {
+        chat("Write a short poem about the sea.", json!({"temperature": 0.9, "seed": seed, "max_tokens": 20}))
+    };
+    let a1 = a.post("/v1/chat/completions", &sampled(42)).await.1;
+    let a2 = a.post("/v1/chat/completions", &sampled(42)).await.1;
+    assert_eq!(a1["choices"][0]["message"]["content"], a2["choices"][0]["message"]["content"]);
+
+    // JSON schema → valid JSON matching it.
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]});
+    let body = chat(
+        "What is 2+2? Answer in JSON.",
+        json!({"max_tokens": 40, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}),
+    );
+    let (s, r) = a.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{r}");
+    let out: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).expect("valid JSON");
+    assert!(out["answer"].is_i64(), "{out}");
+    let (s, r) = a
+        .post(
+            "/v1/chat/completions",
+            &chat("List two fruits as JSON.", json!({"max_tokens": 60, "response_format": {"type": "json_object"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).unwrap().is_object(), "{content}");
+    } else {
+        assert!(content.trim_start().starts_with('{'), "{content}");
+    }
+
+    // Content as a list of text parts and max_completion_tokens.
+    let body = json!({"model": SMOL, "messages": [{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]}],
+                      "max_completion_tokens": 24, "temperature": 0});
+    let (s, r2) = a.post("/v1/chat/completions", &body).await;
+    assert_eq!(s, 200);
+    assert_eq!(r2["choices"][0]["message"]["content"].as_str().unwrap(), text);
+}
+
+#[tokio::test]
+async fn completions_and_prefix_reuse() {
+    let a = Agent::start(&[smollm2()], &[]).await;
+    let (s, r) = a
+        .post(
+            "/v1/completions",
+            &json!({"model": SMOL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["object"], "text_completion");
+    assert!(!r["choices"][0]["text"].as_str().unwrap().is_empty());
+    assert_eq!(r["usage"]["completion_tokens"].as_u64().unwrap(), 8, "no EOS this early: max_tokens ends it");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let ev = a
+        .sse(
+            "/v1/completions",
+            &json!({"model": SMOL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "stream": true,
+              "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    let streamed: String =
+        ev.iter().filter_map(|e| e["choices"].get(0)?.get("text")?.as_str().map(str::to_owned)).collect();
+    assert_eq!(streamed, r["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(ev[ev.len() - 2]["usage"]["completion_tokens"], 8);
+
+    // The next turn of a chat reuses the KV entries of the previous turn.
+    let first = json!([{"role": "user", "content": "Tell me about the moon."}]);
+    let (_, r1) = a
+        .post("/v1/chat/completions", &json!({"model": SMOL, "messages": first, "max_tokens": 16, "temperature": 0}))
+        .await;
+    let p1 = r1["usage"]["prompt_tokens"].as_u64().unwrap();
+    let answer = r1["choices"][0]["message"]["content"].as_str().unwrap();
+    let second = json!([{"role": "user", "content": "Tell me about the moon."}, {"role": "assistant", "content": answer},
+                        {"role": "user", "content": "And the sun?"}]);
+    let (_, r2) = a
+        .post("/v1/chat/completions", &json!({"model": SMOL, "messages": second, "max_tokens": 8, "temperature": 0}))
+        .await;
+    let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= p1, "cached {cached} < first prompt {p1}: {r2}");
+    assert_eq!(r2["timings"]["cache_n"].as_u64().unwrap(), cached);
+    assert!(a.metric("rockchip_llama_prompt_cached_tokens_total", SMOL).await >= cached as f64);
+}
+
+#[tokio::test]
+async fn prefix_reuse_can_be_disabled() {
+    let a = Agent::start(&[smollm2()], &["--prefix-cache=false"]).await;
+    let body =
+        json!({"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0});
+    a.post("/v1/chat/completions", &body).await;
+    let (_, r) = a.post("/v1/chat/completions", &body).await;
+    assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+}

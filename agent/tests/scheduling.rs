@@ -1,0 +1,165 @@
+//! Scheduler behaviour over real TCP: cancellation, queue limits, parallel slots, memory-budget
+//! eviction, graceful shutdown.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use common::{Agent, SMOL, gemma, smollm2};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// A generation that would run for tens of seconds if nothing stopped it.
+fn endless(stream: bool) -> Value {
+    json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to ten thousand."}], "max_tokens": 3000,
+           "ignore_eos": true, "temperature": 0, "stream": stream})
+}
+
+fn question() -> Value {
+    json!({"model": SMOL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "temperature": 0})
+}
+
+async fn wait_metric(a: &Agent, name: &str, want: f64) {
+    for _ in 0..200 {
+        if a.metric(name, SMOL).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached {want}");
+}
+
+#[tokio::test]
+async fn disconnect_cancels_and_next_answer_is_clean() {
+    let a = Agent::start(&[smollm2()], &[]).await;
+    let (_, reference) = a.post("/v1/chat/completions", &question()).await;
+    let reference = reference["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+
+    // Streaming: read a few chunks, then drop the connection.
+    let resp = a.client.post(a.url("/v1/chat/completions")).json(&endless(true)).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = 0;
+    while let Some(chunk) = body.next().await {
+        seen += chunk.unwrap().len();
+        if seen > 600 {
+            break;
+        }
+    }
+    drop(body);
+    // The slot frees within a token or so, and the next answer is exactly the reference.
+    wait_metric(&a, "rockchip_llama_active_requests", 0.0).await;
+    let t0 = Instant::now();
+    let (_, next) = a.post("/v1/chat/completions", &question()).await;
+    assert_eq!(next["choices"][0]["message"]["content"].as_str().unwrap(), reference);
+    assert!(t0.elapsed() < Duration::from_secs(20), "the cancelled generation was still running");
+
+    // Non-streaming: send the request on a raw socket and close it without reading.
+    let addr = a.base.trim_start_matches("http://").to_owned();
+    let body = endless(false).to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        sock,
+        "POST /api/chat HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_metric(&a, "rockchip_llama_active_requests", 1.0).await;
+    drop(sock);
+    wait_metric(&a, "rockchip_llama_active_requests", 0.0).await;
+    let (_, next) = a.post("/v1/chat/completions", &question()).await;
+    assert_eq!(next["choices"][0]["message"]["content"].as_str().unwrap(), reference);
+}
+
+#[tokio::test]
+async fn full_queue_is_refused_with_429() {
+    let a = Agent::start(&[smollm2()], &["--parallel", "1", "--max-queue", "1"]).await;
+    // One running (streaming keeps it busy), one waiting.
+    let running = a.client.post(a.url("/v1/chat/completions")).json(&endless(true)).send().await.unwrap();
+    wait_metric(&a, "rockchip_llama_active_requests", 1.0).await;
+    let c = a.client.clone();
+    let url = a.url("/v1/chat/completions");
+    let waiting = tokio::spawn(async move { c.post(url).json(&question()).send().await.map(|r| r.status().as_u16()) });
+    wait_metric(&a, "rockchip_llama_queue_depth", 1.0).await;
+    let r = a.client.post(a.url("/v1/chat/completions")).json(&question()).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["type"], "rate_limit_error");
+    let (s, b) = a.post("/api/generate", &json!({"model": SMOL, "prompt": "x", "stream": false})).await;
+    assert_eq!(s, 429);
+    assert!(b["error"].is_string());
+    assert!(a.metric("rockchip_llama_rejected_requests_total", SMOL).await >= 2.0);
+    // Freeing the running slot lets the queued request through.
+    drop(running);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(60), waiting).await.unwrap().unwrap().unwrap(), 200);
+}
+
+#[tokio::test]
+async fn parallel_slots_serve_concurrent_requests_correctly() {
+    let a = Agent::start(&[smollm2()], &["--parallel", "2"]).await;
+    let q1 = question();
+    let q2 = json!({"model": SMOL, "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 16, "temperature": 0});
+    let (_, r1) = a.post("/v1/chat/completions", &q1).await;
+    let (_, r2) = a.post("/v1/chat/completions", &q2).await;
+    let (c1, c2) = tokio::join!(a.post("/v1/chat/completions", &q1), a.post("/v1/chat/completions", &q2));
+    assert_eq!(c1.1["choices"][0]["message"]["content"], r1["choices"][0]["message"]["content"]);
+    assert_eq!(c2.1["choices"][0]["message"]["content"], r2["choices"][0]["message"]["content"]);
+}
+
+#[tokio::test]
+async fn memory_budget_evicts_the_idle_model() {
+    // Room for either model, not both: SmolLM2 ≈ 98 MB + KV, Gemma ≈ 253 MB + KV.
+    let a = Agent::start(&[smollm2(), gemma()], &["--memory-budget", "420MiB"]).await;
+    let (s, _) = a
+        .post("/api/generate", &json!({"model": SMOL, "prompt": "Hi", "stream": false, "options": {"num_predict": 2}}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, r) = a
+        .post(
+            "/api/generate",
+            &json!({"model": "gemma-3-270m", "prompt": "Hi", "stream": false, "options": {"num_predict": 2}}),
+        )
+        .await;
+    assert_eq!(s, 200, "a load that eviction allows never fails: {r}");
+    let ps = a.get("/api/ps").await.1;
+    let names: Vec<&str> = ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["gemma-3-270m:latest"], "SmolLM2 should have been evicted");
+    // A model that cannot fit even alone is refused clearly.
+    let b = Agent::start(&[gemma()], &["--memory-budget", "64MiB"]).await;
+    let (s, r) = b.post("/api/generate", &json!({"model": "gemma-3-270m", "prompt": "Hi", "stream": false})).await;
+    assert_eq!(s, 400);
+    assert!(r["error"].as_str().unwrap().contains("memory budget"), "{r}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let mut a = Agent::start(&[smollm2()], &[]).await;
+    let body = json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 40,
+                      "ignore_eos": true, "temperature": 0, "stream": true});
+    let resp = a.client.post(a.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let status = std::process::Command::new("kill").args(["-TERM", &a.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    // The in-flight stream still completes.
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(rest).unwrap();
+    assert!(text.contains("[DONE]"), "stream was cut: {text}");
+    assert!(text.contains("\"finish_reason\":\"length\""));
+    assert_eq!(a.wait_exit(Duration::from_secs(30)), Some(0), "log:\n{}", a.log_text());
+    // No new connections after that.
+    let addr = a.base.trim_start_matches("http://").to_owned();
+    let refused = std::net::TcpStream::connect(&addr).map(|mut s| {
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut buf = [0u8; 16];
+        s.read(&mut buf).unwrap_or(0)
+    });
+    assert!(refused.is_err() || refused == Ok(0));
+}
