@@ -11,7 +11,18 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 
 /// Gemma's turn format. System text joins the first user turn; the assistant is `model`. The
 /// tokenizer adds `<bos>`.
-pub const GEMMA: &str = "{%- set ns = namespace(sys='') -%}{%- for m in messages -%}{%- if m['role'] == 'system' -%}{%- set ns.sys = ns.sys + m['content'] + '\n\n' -%}{%- else -%}{%- set role = 'model' if m['role'] == 'assistant' else 'user' -%}<start_of_turn>{{ role }}\n{%- if role == 'user' %}\n{{ ns.sys }}{%- set ns.sys = '' -%}{{ m['content'] | trim }}{%- else %}\n{{ m['content'] | trim }}{%- endif -%}<end_of_turn>\n{% endif -%}{%- endfor -%}{%- if add_generation_prompt -%}<start_of_turn>model\n{% endif -%}";
+pub const GEMMA: &str = concat!(
+    "{%- set ns = namespace(sys='') -%}",
+    "{%- for m in messages -%}",
+    "{%- if m['role'] == 'system' -%}{%- set ns.sys = ns.sys + m['content'] + '\\n\\n' -%}",
+    "{%- else -%}",
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\\n' }}",
+    "{%- if m['role'] != 'assistant' -%}{{ ns.sys }}{%- set ns.sys = '' -%}{%- endif -%}",
+    "{{ m['content'] | trim }}{{ '<end_of_turn>\\n' }}",
+    "{%- endif -%}",
+    "{%- endfor -%}",
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}",
+);
 
 /// The built-in template for an architecture without an embedded one.
 pub fn builtin_for(arch: Option<&str>) -> &'static str {

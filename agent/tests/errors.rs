@@ -100,7 +100,9 @@ async fn errors_have_the_right_status_and_shape() {
     assert_eq!(s, 404);
     assert!(b["error"]["message"].is_string());
 
-    // Metrics saw all of this, by route template.
+    // Metrics saw all of this, by route template, plus one real generation.
+    let (s, _) = a.post("/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(s, 200);
     let (_, m) = a.get("/metrics").await;
     let m = m.as_str().unwrap();
     for name in [

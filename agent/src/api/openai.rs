@@ -499,7 +499,7 @@ pub async fn unload_model(
 
 #[utoipa::path(get, path = "/v1/models/loaded", tag = "residency", responses((status = 200, description = "Resident models")))]
 pub async fn loaded_models(State(st): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = st.sched.residents().iter().map(|r| resident_json(r)).collect();
+    let data: Vec<Value> = st.sched.residents().iter().map(resident_json).collect();
     Json(json!({"object": "list", "data": data}))
 }
 

@@ -98,7 +98,7 @@ impl GgufMeta {
 
 fn read_str(ctx: &GgufContext, key: &str) -> Option<String> {
     let i = ctx.find_key(key);
-    if i < 0 || ctx.kv_type(i) as u32 != T_STRING {
+    if i < 0 || ctx.kv_type(i) != T_STRING {
         return None;
     }
     ctx.val_str(i).map(str::to_owned)
@@ -109,7 +109,7 @@ fn read_u32(ctx: &GgufContext, key: &str) -> Option<u32> {
     if i < 0 {
         return None;
     }
-    match ctx.kv_type(i) as u32 {
+    match ctx.kv_type(i) {
         T_UINT32 => Some(ctx.val_u32(i)),
         T_INT32 => u32::try_from(ctx.val_i32(i)).ok(),
         T_UINT64 | T_INT64 => u32::try_from(ctx.val_u64(i)).ok(),
