@@ -111,14 +111,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="session")
-def gguf_origin(model_path: Path):
-    """A loopback HTTP origin serving the GGUF's directory; yields the file's URL."""
-    handler = functools.partial(_QuietHandler, directory=str(model_path.parent))
+def gguf_origin(model_path: Path, tmp_path_factory):
+    """A loopback HTTP origin serving the GGUF; yields its base URL.
+
+    The file is published under names of its own (symlinks: origin-a.gguf, origin-b.gguf), so a
+    pull must download it rather than find a same-named file already in the models dir, and the
+    stored name has to come from the request's `model`, not from the URL.
+    """
+    root = tmp_path_factory.mktemp("origin")
+    for name in ("origin-a.gguf", "origin-b.gguf"):
+        (root / name).symlink_to(model_path)
+    handler = functools.partial(_QuietHandler, directory=str(root))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/{model_path.name}"
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
     finally:
         srv.shutdown()
         srv.server_close()
