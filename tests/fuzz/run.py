@@ -13,7 +13,9 @@ Environment (all optional):
   FUZZ_CHECKS        comma-separated checks               (default not_a_server_error)
   FUZZ_SEED          hypothesis seed, or "random"         (default 1126: reproducible in CI)
   FUZZ_TOKEN_CAP     generation budget per request        (default 8; see hooks.py)
-  FUZZ_WORKERS       concurrent schemathesis workers      (default 2)
+  FUZZ_WORKERS       concurrent schemathesis workers      (default 1: with 2, hypothesis's
+                     lambda-source lookup hit CPython 3.11's "AST constructor recursion depth
+                     mismatch" (an `ast` thread-safety bug) as a spurious run error)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +39,27 @@ from agentproc import Agent, AgentError, default_agent_bin, default_model_path  
 EXCLUDE_PATHS = r"^/api/(pull|delete|create|copy|push)$"
 
 
+def print_stats(path: Path) -> None:
+    """Responses per operation and status class: shows whether cases reach the generation code or
+    stop at validation (a spec that disagrees with the handlers makes most cases a 4xx)."""
+    counts: dict[str, Counter] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        method, op, status = line.rsplit(" ", 2)
+        counts.setdefault(f"{method} {op}", Counter())[status] += 1
+    only_405 = sorted(op for op, c in counts.items() if set(c) == {"405"})
+    print("fuzz: responses per operation (status:count)", file=sys.stderr)
+    for op in sorted(counts):
+        if op not in only_405:
+            cells = "  ".join(f"{k}:{v}" for k, v in sorted(counts[op].items()))
+            print(f"  {op:32} {cells}", file=sys.stderr)
+    if only_405:
+        print(f"  + {len(only_405)} method probes, all 405", file=sys.stderr)
+
+
 def main() -> int:
     # `timeout` (hack/fuzz.sh) sends SIGTERM: turn it into SystemExit so `finally` stops the agent.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
@@ -44,7 +68,7 @@ def main() -> int:
     wall = float(os.environ.get("FUZZ_WALL", "240"))
     checks = os.environ.get("FUZZ_CHECKS", "not_a_server_error")
     seed = os.environ.get("FUZZ_SEED", "1126")
-    workers = os.environ.get("FUZZ_WORKERS", "2")
+    workers = os.environ.get("FUZZ_WORKERS", "1")
 
     workdir = Path(tempfile.mkdtemp(prefix="rl-fuzz-"))
     agent = Agent(default_agent_bin(), default_model_path(), workdir)
@@ -81,7 +105,8 @@ def main() -> int:
     ]
     if seed != "random":
         cmd += ["--seed", seed]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "hooks.py")}
+    stats = workdir / "status-counts.txt"
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"), "FUZZ_STATS": str(stats)}
     print("fuzz: " + " ".join(cmd), file=sys.stderr, flush=True)
 
     rc = 1
@@ -93,6 +118,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             print(f"fuzz: schemathesis still running after {wall:.0f} s; stopping it", file=sys.stderr)
             rc = 124
+        print_stats(stats)
         if not agent.alive():
             print(f"fuzz: the agent died during the run (exit {agent.proc.returncode})", file=sys.stderr)
             rc = rc or 1
