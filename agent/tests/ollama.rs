@@ -91,7 +91,16 @@ async fn chat_generate_tags_show_ps_version_load_unload() {
         assert!(out.trim_start().starts_with('{'), "{out}");
     }
 
-    // Show.
+    // Show; like Ollama, the body is JSON whatever the content type (`curl -d` sends a form type).
+    let r = a
+        .client
+        .post(a.url("/api/show"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(json!({"model": SMOL}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let (s, show) = a.post("/api/show", &json!({"model": SMOL})).await;
     assert_eq!(s, 200);
     assert_eq!(show["model_info"]["general.architecture"], "llama");

@@ -7,7 +7,8 @@
 
 use axum::{
     Json,
-    extract::{FromRequest, Request, rejection::JsonRejection},
+    body::Bytes,
+    extract::{FromRequest, Request},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -148,15 +149,6 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl From<JsonRejection> for AppError {
-    fn from(r: JsonRejection) -> Self {
-        match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: crate::api::BODY_LIMIT },
-            _ => Self::BadRequest { message: r.body_text(), param: None },
-        }
-    }
-}
-
 /// An [`AppError`] answered in OpenAI's shape.
 #[derive(Debug)]
 pub struct OaiError(pub AppError);
@@ -197,17 +189,37 @@ pub struct OaiJson<T>(pub T);
 /// `Json<T>` whose rejections are Ollama-shaped.
 pub struct OllamaJson<T>(pub T);
 
+/// Parses the body as JSON whatever its `Content-Type`: Ollama's own server does, and users
+/// follow its docs with `curl -d '{…}'`, which sends a form content type.
+async fn json_body<S: Send + Sync, T: DeserializeOwned>(req: Request, state: &S) -> Result<T, AppError> {
+    let bytes = Bytes::from_request(req, state).await.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge { limit: crate::api::BODY_LIMIT },
+        _ => AppError::BadRequest { message: r.body_text(), param: None },
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." || path.is_empty() {
+            format!("invalid JSON body: {inner}")
+        } else {
+            format!("invalid JSON body at {path}: {inner}")
+        };
+        AppError::BadRequest { message, param: None }
+    })
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OaiJson<T> {
     type Rejection = OaiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(Json::<T>::from_request(req, state).await?.0))
+        Ok(Self(json_body(req, state).await?))
     }
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OllamaJson<T> {
     type Rejection = OllamaError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(Json::<T>::from_request(req, state).await?.0))
+        Ok(Self(json_body(req, state).await?))
     }
 }
 

@@ -262,7 +262,10 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, AppError> {
             s
         }
         Some(_) => {
-            return Err(AppError::bad("messages", format!("messages[{i}].content must be a string or a list of parts")));
+            return Err(AppError::bad(
+                "messages",
+                format!("messages[{i}].content must be a string or a list of parts"),
+            ));
         }
     };
     let mut out = json!({"role": role, "content": content});
