@@ -1,0 +1,140 @@
+//! Command line. Every flag also reads an environment variable, because the chart configures the
+//! operator through env.
+
+use std::{
+    fs,
+    io::{self, IsTerminal, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Kubernetes operator for RockchipLlama.
+#[derive(Debug, Parser)]
+#[command(name = "rockchip-llama-operator", version, about)]
+pub struct Args {
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `rockchip_llama_operator=debug`.
+    #[arg(long, global = true, env = "ROCKCHIP_LLAMA_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "ROCKCHIP_LLAMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (ModelDeployment, Board) as YAML, or write one file
+    /// per CRD into a directory.
+    Crd(CrdArgs),
+}
+
+/// Arguments of `crd`.
+#[derive(Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Write `<crd name>.yaml` files into this directory instead of printing one YAML stream.
+    #[arg(long, env = "ROCKCHIP_LLAMA_CRD_OUT_DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Args {
+    /// Runs the selected command.
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self { log, log_format, command } = self;
+        init_tracing(&log, log_format)?;
+        match command {
+            Command::Crd(args) => args.run(),
+        }
+    }
+}
+
+impl CrdArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let Self { out_dir } = self;
+        match out_dir {
+            Some(dir) => write_crd_files(&dir),
+            None => {
+                let yaml = crds::render_all()?;
+                io::stdout().lock().write_all(yaml.as_bytes()).context("writing CRDs to stdout")
+            }
+        }
+    }
+}
+
+/// Writes one file per CRD into `dir`, creating it if needed.
+pub fn write_crd_files(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for file in crds::crd_files()? {
+        let path = dir.join(&file.file_name);
+        fs::write(&path, &file.contents).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "wrote CRD");
+    }
+    Ok(())
+}
+
+/// Logs go to stderr so that stdout carries only command output (the CRD YAML).
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reads_an_env_var() {
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_positional() {
+                    continue;
+                }
+                assert!(arg.get_env().is_some(), "--{id} of {} has no env", cmd.get_name());
+            }
+            cmd.get_subcommands().for_each(walk);
+        }
+        walk(&Args::command());
+    }
+
+    #[test]
+    fn crd_writes_one_file_per_kind() {
+        let dir = std::env::temp_dir().join(format!("rl-crd-test-{}", std::process::id()));
+        write_crd_files(&dir).expect("write");
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["boards.rockchipllama.io.yaml", "modeldeployments.rockchipllama.io.yaml"]);
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
