@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for tests and development: etcd, kube-apiserver and
+# kube-controller-manager, no Docker, no kubelet.
+#
+#   hack/testcluster.sh up       start (or reuse) the cluster; prints KUBECONFIG=<path> on stdout
+#   hack/testcluster.sh down     stop exactly the processes `up` started and remove the directory
+#   hack/testcluster.sh status   say whether it is up
+#
+# TESTCLUSTER_DIR picks the directory that holds certificates, data, logs and PIDs (default
+# $XDG_RUNTIME_DIR or /tmp, one per user), so several clusters can run side by side: the test
+# suite uses its own temporary directory and never touches a developer's `make cluster`.
+#
+# Ports are chosen free on 127.0.0.1 at run time. Certificates are generated per cluster: a
+# serving CA (kube-apiserver's certificate has IP SAN 127.0.0.1 and DNS localhost), a client CA
+# with an admin certificate in group system:masters, and the service-account signing key pair.
+#
+# kube-controller-manager runs the controllers that make tests behave like a real cluster without
+# pods ever running; see CONTROLLERS below and docs/development.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${TESTCLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/rockchip-llama-testcluster-$(id -u)}"
+# Namespace deletion, ownerReference garbage collection, default ServiceAccounts and their
+# kube-root-ca.crt ConfigMap, aggregated ClusterRoles (admin/edit/view), Deployments and
+# ReplicaSets (their Pods stay Pending: there is no scheduler or kubelet).
+CONTROLLERS="namespace-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,validatingadmissionpolicy-status-controller"
+# Bounds for every wait, in seconds. Generous because CI has 2 shared cores.
+ETCD_TIMEOUT=60
+APISERVER_TIMEOUT=120
+KCM_TIMEOUT=90
+
+log() { printf '[testcluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Frees a TCP port on 127.0.0.1 by binding port 0; the tiny race before the server binds it is
+# accepted (envtest does the same).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Polls a URL until it answers 2xx or the deadline passes; also fails fast if the process died.
+wait_http() { # name pid timeout url curl-args...
+  local name="$1" pid="$2" timeout="$3" url="$4"
+  shift 4
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during start-up; last log lines:"
+      tail -n 30 "$DIR/logs/$name.log" >&2 || true
+      return 1
+    fi
+    if curl -sf -o /dev/null --max-time 5 "$@" "$url"; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "$name not ready after ${timeout}s; last log lines:"
+  tail -n 30 "$DIR/logs/$name.log" >&2 || true
+  return 1
+}
+
+# --- certificates -----------------------------------------------------------------------------
+gen_ca() { # name cn
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj "/CN=$2" -keyout "$DIR/pki/$1.key" -out "$DIR/pki/$1.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    2>/dev/null
+}
+
+gen_cert() { # name ca subject extensions
+  local name="$1" ca="$2" subj="$3" ext="$4"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "$subj" -keyout "$DIR/pki/$name.key" -out "$DIR/pki/$name.csr" 2>/dev/null
+  printf '%b' "$ext" >"$DIR/pki/$name.ext"
+  openssl x509 -req -in "$DIR/pki/$name.csr" -CA "$DIR/pki/$ca.crt" -CAkey "$DIR/pki/$ca.key" \
+    -CAcreateserial -days 7 -extfile "$DIR/pki/$name.ext" -out "$DIR/pki/$name.crt" 2>/dev/null
+  rm -f "$DIR/pki/$name.csr" "$DIR/pki/$name.ext"
+}
+
+gen_pki() {
+  mkdir -p "$DIR/pki"
+  gen_ca serving-ca rockchip-llama-test-serving-ca
+  gen_ca client-ca rockchip-llama-test-client-ca
+  gen_cert apiserver serving-ca "/CN=kube-apiserver" \
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+  gen_cert admin client-ca "/O=system:masters/CN=admin" \
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$DIR/pki/sa.key" 2>/dev/null
+  openssl pkey -in "$DIR/pki/sa.key" -pubout -out "$DIR/pki/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() { # port
+  local b64='base64 -w0'
+  cat >"$DIR/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: rockchip-llama-test
+  cluster:
+    server: https://127.0.0.1:$1
+    certificate-authority-data: $($b64 <"$DIR/pki/serving-ca.crt")
+users:
+- name: admin
+  user:
+    client-certificate-data: $($b64 <"$DIR/pki/admin.crt")
+    client-key-data: $($b64 <"$DIR/pki/admin.key")
+contexts:
+- name: rockchip-llama-test
+  context:
+    cluster: rockchip-llama-test
+    user: admin
+    namespace: default
+current-context: rockchip-llama-test
+EOF
+  chmod 600 "$DIR/kubeconfig"
+}
+
+# Starts a server in the background with its output in logs/<name>.log and records its PID and
+# binary path, so `down` can stop exactly this process even if the PID was reused.
+start() { # name binary args...
+  local name="$1" bin="$2"
+  shift 2
+  "$bin" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid $bin" >>"$DIR/pids"
+  echo "$pid"
+}
+
+# --- up / down ---------------------------------------------------------------------------------
+is_up() {
+  [[ -f "$DIR/env" && -f "$DIR/pids" ]] || return 1
+  local pid bin
+  while read -r pid bin; do
+    kill -0 "$pid" 2>/dev/null || return 1
+  done <"$DIR/pids"
+  # shellcheck disable=SC1091
+  source "$DIR/env"
+  curl -sf -o /dev/null --max-time 5 --cacert "$DIR/pki/serving-ca.crt" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz"
+}
+
+up() {
+  if is_up; then
+    log "already up in $DIR"
+    echo "KUBECONFIG=$DIR/kubeconfig"
+    return
+  fi
+  [[ -d "$DIR" ]] && down
+  local bin
+  bin="$("$ROOT/hack/k8s/bins.sh")"
+  local start_s=$SECONDS
+  mkdir -p "$DIR/logs" "$DIR/etcd"
+  : >"$DIR/pids"
+  # From here on, any failure stops what was started and removes the directory.
+  trap 'rc=$?; log "start-up failed; stopping what was started"; down; exit $rc' ERR
+
+  log "generating certificates in $DIR/pki"
+  gen_pki
+
+  local etcd_port etcd_peer api_port kcm_port
+  etcd_port="$(free_port)"
+  etcd_peer="$(free_port)"
+  api_port="$(free_port)"
+  kcm_port="$(free_port)"
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  local etcd_pid
+  etcd_pid="$(start etcd "$bin/etcd" \
+    --name=test --data-dir="$DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-cluster="test=http://127.0.0.1:$etcd_peer" \
+    --unsafe-no-fsync=true --log-level=warn)"
+  wait_http etcd "$etcd_pid" "$ETCD_TIMEOUT" "http://127.0.0.1:$etcd_port/health"
+
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  local api_pid
+  api_pid="$(start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" \
+    --cert-dir="$DIR/pki" \
+    --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
+    --client-ca-file="$DIR/pki/client-ca.crt" \
+    --service-account-issuer="https://127.0.0.1:$api_port" \
+    --service-account-key-file="$DIR/pki/sa.pub" \
+    --service-account-signing-key-file="$DIR/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=RBAC --allow-privileged=true \
+    --disable-admission-plugins=ServiceAccount \
+    --profiling=false --v=1)"
+  wait_http kube-apiserver "$api_pid" "$APISERVER_TIMEOUT" \
+    "https://127.0.0.1:$api_port/readyz" --cacert "$DIR/pki/serving-ca.crt"
+
+  write_kubeconfig "$api_port"
+
+  log "starting kube-controller-manager ($CONTROLLERS)"
+  local kcm_pid
+  kcm_pid="$(start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$DIR/kubeconfig" \
+    --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+    --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$DIR/pki/kcm" \
+    --leader-elect=false --controllers="$CONTROLLERS" \
+    --root-ca-file="$DIR/pki/serving-ca.crt" \
+    --service-account-private-key-file="$DIR/pki/sa.key" \
+    --use-service-account-credentials=false --profiling=false --v=1)"
+  wait_http kube-controller-manager "$kcm_pid" "$KCM_TIMEOUT" \
+    "https://127.0.0.1:$kcm_port/healthz" --insecure
+
+  cat >"$DIR/env" <<EOF
+KUBECONFIG=$DIR/kubeconfig
+APISERVER_PORT=$api_port
+ETCD_PORT=$etcd_port
+KCM_PORT=$kcm_port
+K8S_BIN=$bin
+EOF
+  trap - ERR
+  log "up in $((SECONDS - start_s)) s: apiserver https://127.0.0.1:$api_port, logs in $DIR/logs"
+  echo "KUBECONFIG=$DIR/kubeconfig"
+}
+
+down() {
+  [[ -d "$DIR" ]] || return 0
+  if [[ -f "$DIR/pids" ]]; then
+    local pid bin pids=()
+    # Stop in reverse start order (controller-manager, apiserver, etcd), each only if the PID
+    # still runs the binary we started.
+    while read -r pid bin; do
+      pids=("$pid:$bin" "${pids[@]}")
+    done <"$DIR/pids"
+    local entry
+    for entry in "${pids[@]}"; do
+      pid="${entry%%:*}"
+      bin="${entry#*:}"
+      if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$bin" ]]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 15))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then
+          log "$(basename "$bin") ($pid) ignored SIGTERM; killing"
+          kill -KILL "$pid" 2>/dev/null || true
+        fi
+      fi
+    done
+  fi
+  rm -rf "$DIR"
+  log "down: removed $DIR"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status)
+    if is_up; then echo "up: KUBECONFIG=$DIR/kubeconfig"; else echo "down"; exit 1; fi
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
