@@ -59,5 +59,13 @@ test-rust: deps
 	ROCKCHIP_LLAMA_TEST_MODELS="$$(hack/fetch-models.sh | paste -sd:)" \
 	  cargo test --release --workspace -- --test-threads=1
 
-test: lint check-openapi test-rust
+test-compat: build
+	$(call step,compatibility: official openai and ollama Python clients against a live agent)
+	hack/test-compat.sh
+
+fuzz: build
+	$(call step,fuzz smoke: schemathesis on /openapi.json, no 5xx)
+	hack/fuzz.sh
+
+test: lint check-openapi test-rust test-compat fuzz
 	$(call step,all tests passed)

@@ -26,7 +26,7 @@ use crate::models::Catalog;
 pub enum StoreError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
+    #[error("model '{0}' is not in the catalog")]
     NotFound(String),
     #[error("download failed: {0}")]
     Http(String),
@@ -60,6 +60,14 @@ fn valid_sha(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Keeps the characters model names use (`a-z0-9._:-`); anything else becomes `_`.
+fn safe_name(n: &str) -> String {
+    n.trim_end_matches(":latest")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') { c } else { '_' })
+        .collect()
+}
+
 fn valid_file_name(n: &str) -> bool {
     !n.is_empty()
         && !n.starts_with('.')
@@ -82,14 +90,21 @@ pub fn plan_pull(
             .filter(|s| valid_sha(s))
             .ok_or_else(|| StoreError::Invalid("a URL pull needs \"sha256\": 64 hex digits".into()))?;
         let from_url = u.split(['?', '#']).next().unwrap_or(u).rsplit('/').next().unwrap_or_default().to_owned();
-        let file_name = if valid_file_name(&from_url) { from_url } else { format!("{}.gguf", &sha[..12]) };
+        let ext = if from_url.ends_with(".rkllm") { "rkllm" } else { "gguf" };
+        // `{"model": "<name>", "url": …}` stores the file under that name, so the model answers to it.
+        let named = (url.is_some() && !is_url(model)).then(|| format!("{}.{ext}", safe_name(model)));
+        let file_name = match named {
+            Some(n) if valid_file_name(&n) => n,
+            _ if valid_file_name(&from_url) => from_url,
+            _ => format!("{}.{ext}", &sha[..12]),
+        };
         return Ok(PullPlan { url: u.to_owned(), sha256: sha, file_name });
     }
     if let Some(u) = url {
         return Err(StoreError::Invalid(format!("url must be http(s), got {u:?}")));
     }
     let entry =
-        catalog.by_name(model).ok_or_else(|| StoreError::NotFound(format!("model '{model}' is not in the catalog")))?;
+        catalog.by_name(model).ok_or_else(|| StoreError::NotFound(model.to_owned()))?;
     let file =
         entry.files.iter().find(|f| f.url.is_some() && f.known_sha256().is_some()).ok_or_else(|| {
             StoreError::Invalid(format!("the catalog has no verified download URL for '{}'", entry.name))
@@ -243,7 +258,11 @@ mod tests {
         let sha = "a".repeat(64);
         let p = plan_pull(&c, "http://h/x/m.gguf?sig=1", None, Some(&sha)).unwrap();
         assert_eq!(p.file_name, "m.gguf");
-        let p = plan_pull(&c, "mine", Some("https://h/download"), Some(&format!("sha256:{sha}"))).unwrap();
+        let p = plan_pull(&c, "mine:v1", Some("https://h/download"), Some(&format!("sha256:{sha}"))).unwrap();
+        assert_eq!(p.file_name, "mine:v1.gguf");
+        let p = plan_pull(&c, "../../etc", Some("https://h/x.rkllm"), Some(&sha)).unwrap();
+        assert_eq!(p.file_name, "x.rkllm", "a name that would be a hidden or escaping file is not used");
+        let p = plan_pull(&c, "https://h/download", None, Some(&sha)).unwrap();
         assert_eq!(p.file_name, "aaaaaaaaaaaa.gguf");
         assert!(plan_pull(&c, "http://h/m.gguf", None, None).is_err());
         assert!(plan_pull(&c, "http://h/m.gguf", None, Some("xyz")).is_err());

@@ -84,6 +84,33 @@ fn to_call(v: &Value, known: &[String]) -> Option<ToolCall> {
     Some(ToolCall { name: name.to_owned(), arguments })
 }
 
+/// A JSON schema for "one call to one of these functions", used to force a call (OpenAI
+/// `tool_choice: "required"` or a named function) with a grammar, as llama.cpp's server does.
+/// `only` restricts it to one function. `None` when no function matches.
+pub fn call_schema(tools: &Value, only: Option<&str>) -> Option<Value> {
+    let variants: Vec<Value> = tools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t.get("function").unwrap_or(t))
+        .filter(|f| only.is_none_or(|o| f.get("name").and_then(Value::as_str) == Some(o)))
+        .filter_map(|f| {
+            let name = f.get("name")?.as_str()?;
+            let params = f.get("parameters").filter(|p| p.is_object()).cloned().unwrap_or(serde_json::json!({"type": "object"}));
+            Some(serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": params},
+                "required": ["name", "arguments"],
+            }))
+        })
+        .collect();
+    match variants.len() {
+        0 => None,
+        1 => variants.into_iter().next(),
+        _ => Some(serde_json::json!({"anyOf": variants})),
+    }
+}
+
 /// Names of the functions in an OpenAI `tools` array.
 pub fn names(tools: &Value) -> Vec<String> {
     tools
@@ -127,6 +154,16 @@ mod tests {
         let (text, calls) = parse("<tool_call>{not json", &known());
         assert!(calls.is_empty());
         assert_eq!(text, "<tool_call>{not json");
+    }
+
+    #[test]
+    fn forced_call_schema() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+                           {"type": "function", "function": {"name": "other"}}]);
+        let one = call_schema(&tools, Some("get_weather")).unwrap();
+        assert_eq!(one["properties"]["name"]["const"], "get_weather");
+        assert_eq!(call_schema(&tools, None).unwrap()["anyOf"].as_array().unwrap().len(), 2);
+        assert!(call_schema(&tools, Some("missing")).is_none());
     }
 
     #[test]

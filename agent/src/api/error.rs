@@ -141,10 +141,10 @@ impl From<EngineError> for AppError {
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Invalid(m) => Self::bad("model", m),
-            StoreError::NotFound(m) => Self::ModelNotFound(m),
-            other => Self::Internal(other.to_string()),
+        match &e {
+            StoreError::Invalid(m) => Self::bad("model", m.clone()),
+            StoreError::NotFound(_) => Self::NotFound(e.to_string()),
+            _ => Self::Internal(e.to_string()),
         }
     }
 }

@@ -85,7 +85,8 @@ pub struct ChatCompletionRequest {
     /// OpenAI function tools.
     #[schema(value_type = Vec<Object>)]
     pub tools: Option<Vec<Value>>,
-    /// `"none"` disables the tools; other values are accepted and behave like `"auto"`.
+    /// `"none"` disables the tools, `"auto"` lets the model choose, `"required"` or a named
+    /// function forces a call (grammar-constrained).
     #[schema(value_type = Object)]
     pub tool_choice: Option<Value>,
     #[serde(flatten)]
@@ -167,6 +168,23 @@ fn first_word_param(msg: &str) -> Option<&'static str> {
     NAMES.into_iter().find(|n| msg.starts_with(n))
 }
 
+/// `tool_choice` `"required"` or `{"type": "function", "function": {"name"}}` forces a call: the
+/// output is constrained to a call object. `"auto"` (and absent) leaves the model free.
+fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, AppError> {
+    let only = match choice {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s == "auto" || s == "none" => return Ok(None),
+        Some(Value::String(s)) if s == "required" => None,
+        Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            Some(n) => Some(n),
+            None => return Err(AppError::bad("tool_choice", "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}")),
+        },
+    };
+    tools::call_schema(tools, only)
+        .map(Some)
+        .ok_or_else(|| AppError::bad("tool_choice", format!("tool_choice names a function not in tools: {}", only.unwrap_or_default())))
+}
+
 fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
     match v.get("type").and_then(Value::as_str) {
@@ -203,6 +221,9 @@ pub async fn chat_completions(
     let tools = req.tools.filter(|t| !t.is_empty() && !tools_off).map(Value::Array);
     if tools.is_some() && params.format.is_some() {
         return Err(AppError::bad("response_format", "response_format cannot be combined with tools").into());
+    }
+    if let Some(t) = &tools {
+        params.format = forced_call(t, req.tool_choice.as_ref())?.map(OutputFormat::Schema);
     }
     let stream = req.sampling.stream.unwrap_or(false);
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
