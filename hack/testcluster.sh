@@ -6,6 +6,7 @@
 #   hack/testcluster.sh down     stop exactly the processes `up` started and remove the directory
 #   hack/testcluster.sh status   say whether it is up
 #
+# TESTCLUSTER_APISERVER_ARGS adds kube-apiserver flags (e.g. --feature-gates=...).
 # TESTCLUSTER_DIR picks the directory that holds certificates, data, logs and PIDs (default
 # $XDG_RUNTIME_DIR or /tmp, one per user), so several clusters can run side by side: the test
 # suite uses its own temporary directory and never touches a developer's `make cluster`.
@@ -152,6 +153,7 @@ up() {
   : >"$DIR/pids"
   # From here on, any failure stops what was started and removes the directory.
   trap 'rc=$?; log "start-up failed; stopping what was started"; down; exit $rc' ERR
+  trap 'log "interrupted; stopping what was started"; down; exit 130' INT TERM
 
   log "generating certificates in $DIR/pki"
   gen_pki
@@ -188,7 +190,7 @@ up() {
     --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=RBAC --allow-privileged=true \
     --disable-admission-plugins=ServiceAccount \
-    --profiling=false --v=1)"
+    --profiling=false --v=1 ${TESTCLUSTER_APISERVER_ARGS:-})"
   wait_http kube-apiserver "$api_pid" "$APISERVER_TIMEOUT" \
     "https://127.0.0.1:$api_port/readyz" --cacert "$DIR/pki/serving-ca.crt"
 
@@ -215,7 +217,7 @@ ETCD_PORT=$etcd_port
 KCM_PORT=$kcm_port
 K8S_BIN=$bin
 EOF
-  trap - ERR
+  trap - ERR INT TERM
   log "up in $((SECONDS - start_s)) s: apiserver https://127.0.0.1:$api_port, logs in $DIR/logs"
   echo "KUBECONFIG=$DIR/kubeconfig"
 }
@@ -233,7 +235,10 @@ down() {
     for entry in "${pids[@]}"; do
       pid="${entry%%:*}"
       bin="${entry#*:}"
-      if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$bin" ]]; then
+      # A rebuilt binary shows as "<path> (deleted)" for processes still running the old one.
+      local exe
+      exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+      if [[ "$exe" == "$bin" || "$exe" == "$bin (deleted)" ]]; then
         kill -TERM "$pid" 2>/dev/null || true
         local deadline=$((SECONDS + 15))
         while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done

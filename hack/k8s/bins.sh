@@ -218,6 +218,12 @@ fetch_kubectl_helm() {
 
 main() {
   local start=$SECONDS
+  # One build at a time per cache: `make cluster` and `make test-k8s` may start together.
+  exec 9>"$BIN/.lock"
+  if ! flock -n 9; then
+    log "another build holds $BIN/.lock; waiting for it"
+    flock 9
+  fi
   fetch_kubectl_helm
   build_etcd
   build_kube
