@@ -36,6 +36,9 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+# Turn Ctrl-C and SIGTERM into a normal exit so the EXIT trap tears the cluster down.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 line="$(hack/testcluster.sh up)"
 export KUBECONFIG="${line#KUBECONFIG=}"

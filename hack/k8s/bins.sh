@@ -83,6 +83,10 @@ timed() { # label cmd...
 }
 
 require_go() {
+  # The CI image installs Go under /usr/local/go without always putting it on PATH.
+  if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
   command -v go >/dev/null || { log "go not found (needs Go >= 1.26 on PATH)"; exit 1; }
 }
 
