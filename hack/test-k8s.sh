@@ -72,8 +72,11 @@ fi
 retry 30 kubectl get md -A || fail "the md short name is not served"
 retry 30 kubectl explain md.spec.source || fail "no OpenAPI for md"
 # The chart's copy must be installable too (identical today; check-crds guards that).
-kubectl apply --dry-run=server -f charts/rockchip-llama/crds/ >/dev/null &&
-  pass "chart CRDs pass server-side dry run" || fail "chart CRDs rejected"
+if kubectl apply --dry-run=server -f charts/rockchip-llama/crds/ >/dev/null; then
+  pass "chart CRDs pass server-side dry run"
+else
+  fail "chart CRDs rejected"
+fi
 
 NS="rl-test-$$"
 kubectl create namespace "$NS" >/dev/null
@@ -102,8 +105,11 @@ done
 # --- server-side defaults -------------------------------------------------------------------------
 got="$(kubectl get md -n "$NS" smollm2-135m \
   -o jsonpath='{.spec.runtime.keepAlive} {.spec.runtime.embedFlash} {.spec.routing.prefixChars}')"
-[[ "$got" == "5m false 1024" ]] && pass "API server applies defaults" ||
+if [[ "$got" == "5m false 1024" ]]; then
+  pass "API server applies defaults"
+else
   fail "defaults: got '$got', want '5m false 1024'"
+fi
 
 # --- printer columns ------------------------------------------------------------------------------
 kubectl patch md -n "$NS" smollm2-135m --subresource=status --type=merge \

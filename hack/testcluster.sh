@@ -152,6 +152,7 @@ up() {
   mkdir -p "$DIR/logs" "$DIR/etcd"
   : >"$DIR/pids"
   # From here on, any failure stops what was started and removes the directory.
+  # shellcheck disable=SC2154 # rc is assigned inside the trap string
   trap 'rc=$?; log "start-up failed; stopping what was started"; down; exit $rc' ERR
   trap 'log "interrupted; stopping what was started"; down; exit 130' INT TERM
 
@@ -177,6 +178,8 @@ up() {
   wait_http etcd "$etcd_pid" "$ETCD_TIMEOUT" "http://127.0.0.1:$etcd_port/health"
 
   log "starting kube-apiserver on 127.0.0.1:$api_port"
+  local extra_args=()
+  read -r -a extra_args <<<"${TESTCLUSTER_APISERVER_ARGS:-}"
   local api_pid
   api_pid="$(start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -190,7 +193,7 @@ up() {
     --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=RBAC --allow-privileged=true \
     --disable-admission-plugins=ServiceAccount \
-    --profiling=false --v=1 ${TESTCLUSTER_APISERVER_ARGS:-})"
+    --profiling=false --v=1 "${extra_args[@]}")"
   wait_http kube-apiserver "$api_pid" "$APISERVER_TIMEOUT" \
     "https://127.0.0.1:$api_port/readyz" --cacert "$DIR/pki/serving-ca.crt"
 

