@@ -12,10 +12,16 @@ LISTEN ?= 127.0.0.1:8080
 DEFAULT_MODEL ?= smollm2-135m-instruct
 step = @printf '\n==> %s\n' "$(1)"
 
+# Test control plane (kube-apiserver + etcd on loopback), CRD generation: cluster, cluster-down,
+# generate-crds, check-crds, test-k8s.
+include hack/k8s.mk
+
 .PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz help
 
 help:
 	@sed -n '2,5p' Makefile
+	@echo "  make cluster / cluster-down   a real kube-apiserver + etcd on loopback for development"
+	@echo "  make generate-crds / generate-openapi   regenerate the committed generated files"
 
 deps:
 	@hack/install-deps.sh
@@ -67,5 +73,5 @@ fuzz: build
 	$(call step,fuzz smoke: schemathesis on /openapi.json, no 5xx)
 	hack/fuzz.sh
 
-test: lint check-openapi test-rust test-compat fuzz
+test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s
 	$(call step,all tests passed)

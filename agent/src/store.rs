@@ -103,8 +103,7 @@ pub fn plan_pull(
     if let Some(u) = url {
         return Err(StoreError::Invalid(format!("url must be http(s), got {u:?}")));
     }
-    let entry =
-        catalog.by_name(model).ok_or_else(|| StoreError::NotFound(model.to_owned()))?;
+    let entry = catalog.by_name(model).ok_or_else(|| StoreError::NotFound(model.to_owned()))?;
     let file =
         entry.files.iter().find(|f| f.url.is_some() && f.known_sha256().is_some()).ok_or_else(|| {
             StoreError::Invalid(format!("the catalog has no verified download URL for '{}'", entry.name))

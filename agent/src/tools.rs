@@ -96,7 +96,8 @@ pub fn call_schema(tools: &Value, only: Option<&str>) -> Option<Value> {
         .filter(|f| only.is_none_or(|o| f.get("name").and_then(Value::as_str) == Some(o)))
         .filter_map(|f| {
             let name = f.get("name")?.as_str()?;
-            let params = f.get("parameters").filter(|p| p.is_object()).cloned().unwrap_or(serde_json::json!({"type": "object"}));
+            let params =
+                f.get("parameters").filter(|p| p.is_object()).cloned().unwrap_or(serde_json::json!({"type": "object"}));
             Some(serde_json::json!({
                 "type": "object",
                 "properties": {"name": {"const": name}, "arguments": params},

@@ -11,6 +11,7 @@ pub mod infer;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
+pub mod schema;
 
 use std::{
     sync::{

@@ -42,7 +42,7 @@ pub struct Options {
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
     pub seed: Option<i64>,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::stop)]
     pub stop: Option<Value>,
     pub repeat_penalty: Option<f32>,
     pub repeat_last_n: Option<i32>,
@@ -52,32 +52,35 @@ pub struct Options {
 
 /// `POST /api/chat` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "stream": false, "options": {"num_predict": 8}}))]
 pub struct ChatRequest {
     pub model: String,
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schema::ollama_messages, required = false)]
     pub messages: Vec<Value>,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schema::tools)]
     pub tools: Option<Vec<Value>>,
     /// `"json"` or a JSON schema.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::format)]
     pub format: Option<Value>,
     pub options: Option<Options>,
     /// Defaults to true.
     pub stream: Option<bool>,
     /// A duration (`"5m"`), seconds, negative = forever, 0 = unload after this request.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::keep_alive)]
     pub keep_alive: Option<Value>,
     /// Thinking is not supported by the CPU test models; `true` is refused.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::think)]
     pub think: Option<Value>,
 }
 
 /// `POST /api/generate` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "Why is the sky blue?", "stream": false, "options": {"num_predict": 8}}))]
 pub struct GenerateRequest {
     pub model: String,
     #[serde(default)]
+    #[schema(required = false)]
     pub prompt: String,
     pub system: Option<String>,
     /// Send the prompt without the chat template.
@@ -86,15 +89,15 @@ pub struct GenerateRequest {
     pub suffix: Option<String>,
     /// Go templates are not supported; refused when non-empty.
     pub template: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::format)]
     pub format: Option<Value>,
     pub options: Option<Options>,
     pub stream: Option<bool>,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::keep_alive)]
     pub keep_alive: Option<Value>,
-    #[schema(value_type = Vec<String>)]
+    #[schema(schema_with = super::schema::images)]
     pub images: Option<Vec<Value>>,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::think)]
     pub think: Option<Value>,
 }
 

@@ -55,39 +55,43 @@ pub struct OaiSampling {
     pub frequency_penalty: Option<f32>,
     /// Same seed, same prompt, same settings → same text.
     pub seed: Option<i64>,
-    /// A string or a list of up to 4 strings; generation stops before them.
-    #[schema(value_type = Object)]
+    /// A string or a list of up to 16 strings; generation stops before them.
+    #[schema(schema_with = super::schema::stop)]
     pub stop: Option<Value>,
     /// Number of choices; only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// Keep generating past end-of-generation tokens (llama.cpp extension, for benchmarks).
     pub ignore_eos: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// Not supported; `true` is refused.
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<bool>,
 }
 
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16}))]
 pub struct ChatCompletionRequest {
     pub model: String,
     /// Messages with `role` (system, developer, user, assistant, tool) and `content` (a string
     /// or a list of `{"type": "text", "text": …}` parts).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schema::messages)]
     pub messages: Vec<Value>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
     /// Preferred over `max_tokens` when both are set.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::response_format)]
     pub response_format: Option<Value>,
     /// OpenAI function tools.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(schema_with = super::schema::tools)]
     pub tools: Option<Vec<Value>>,
     /// `"none"` disables the tools, `"auto"` lets the model choose, `"required"` or a named
     /// function forces a call (grammar-constrained).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::tool_choice)]
     pub tool_choice: Option<Value>,
     #[serde(flatten)]
     pub sampling: OaiSampling,
@@ -95,12 +99,14 @@ pub struct ChatCompletionRequest {
 
 /// `POST /v1/completions` body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 8}))]
 pub struct CompletionRequest {
     pub model: String,
     /// A string, or a list holding one string.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::prompt)]
     pub prompt: Value,
     /// Defaults to 16, as in OpenAI's API.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
     /// Prepend the prompt to the returned text.
     pub echo: Option<bool>,
@@ -115,7 +121,7 @@ fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), AppError> {
     if s.n.is_some_and(|n| n != 1) {
         return Err(AppError::bad("n", "only n = 1 is supported"));
     }
-    if s.logprobs.as_ref().is_some_and(|v| v.as_bool() == Some(true) || v.is_number()) {
+    if s.logprobs == Some(true) {
         return Err(AppError::bad("logprobs", "logprobs are not supported"));
     }
     let q = &mut p.sampling;
@@ -177,12 +183,17 @@ fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, A
         Some(Value::String(s)) if s == "required" => None,
         Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
             Some(n) => Some(n),
-            None => return Err(AppError::bad("tool_choice", "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}")),
+            None => {
+                return Err(AppError::bad(
+                    "tool_choice",
+                    "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ));
+            }
         },
     };
-    tools::call_schema(tools, only)
-        .map(Some)
-        .ok_or_else(|| AppError::bad("tool_choice", format!("tool_choice names a function not in tools: {}", only.unwrap_or_default())))
+    tools::call_schema(tools, only).map(Some).ok_or_else(|| {
+        AppError::bad("tool_choice", format!("tool_choice names a function not in tools: {}", only.unwrap_or_default()))
+    })
 }
 
 fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
@@ -213,6 +224,9 @@ pub async fn chat_completions(
     let mut params = GenParams::for_model(&entry);
     apply_sampling(&req.sampling, &mut params)?;
     if let Some(m) = req.max_completion_tokens.or(req.max_tokens) {
+        if m == 0 {
+            return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
+        }
         params.max_tokens = Some(m);
     }
     params.format = parse_response_format(req.response_format.as_ref())?;
@@ -332,6 +346,9 @@ pub async fn completions(
     }
     let mut params = GenParams::for_model(&entry);
     apply_sampling(&req.sampling, &mut params)?;
+    if req.max_tokens == Some(0) {
+        return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
+    }
     params.max_tokens = Some(req.max_tokens.unwrap_or(16));
     let echo = req.echo.unwrap_or(false).then(|| prompt.clone());
     let stream = req.sampling.stream.unwrap_or(false);
@@ -485,7 +502,7 @@ pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) ->
 pub struct ModelAction {
     pub model: String,
     /// For load: how long to stay resident when idle (`5m`, seconds, negative = forever).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::keep_alive)]
     pub keep_alive: Option<Value>,
 }
 
