@@ -5,16 +5,17 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{Agent, SMOL, gemma, smollm2};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-/// A generation that would run for tens of seconds if nothing stopped it.
+/// A generation that runs until the 4096-token context is full if nothing stops it: ~4000
+/// tokens, far more than SmolLM2 can produce in the 10 s the tests allow for a cancellation.
 fn endless(stream: bool) -> Value {
-    json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to ten thousand."}], "max_tokens": 3000,
+    json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to ten thousand."}],
            "ignore_eos": true, "temperature": 0, "stream": stream})
 }
 
@@ -22,6 +23,7 @@ fn question() -> Value {
     json!({"model": SMOL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "temperature": 0})
 }
 
+/// Polls a metric until it has the wanted value (bounded: ~10 s).
 async fn wait_metric(a: &Agent, name: &str, want: f64) {
     for _ in 0..200 {
         if a.metric(name, SMOL).await == want {
@@ -49,12 +51,12 @@ async fn disconnect_cancels_and_next_answer_is_clean() {
         }
     }
     drop(body);
-    // The slot frees within a token or so, and the next answer is exactly the reference.
+    // The engine itself stops generating (its own count), and the next answer is exactly the
+    // reference: no text of the cancelled request leaks into it.
     wait_metric(&a, "rockchip_llama_active_requests", 0.0).await;
-    let t0 = Instant::now();
+    wait_metric(&a, "rockchip_llama_engine_busy_slots", 0.0).await;
     let (_, next) = a.post("/v1/chat/completions", &question()).await;
     assert_eq!(next["choices"][0]["message"]["content"].as_str().unwrap(), reference);
-    assert!(t0.elapsed() < Duration::from_secs(20), "the cancelled generation was still running");
 
     // Non-streaming: send the request on a raw socket and close it without reading.
     let addr = a.base.trim_start_matches("http://").to_owned();
@@ -66,9 +68,10 @@ async fn disconnect_cancels_and_next_answer_is_clean() {
         body.len()
     )
     .unwrap();
-    wait_metric(&a, "rockchip_llama_active_requests", 1.0).await;
+    wait_metric(&a, "rockchip_llama_engine_busy_slots", 1.0).await;
     drop(sock);
     wait_metric(&a, "rockchip_llama_active_requests", 0.0).await;
+    wait_metric(&a, "rockchip_llama_engine_busy_slots", 0.0).await;
     let (_, next) = a.post("/v1/chat/completions", &question()).await;
     assert_eq!(next["choices"][0]["message"]["content"].as_str().unwrap(), reference);
 }
@@ -136,8 +139,10 @@ async fn memory_budget_evicts_the_idle_model() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
-    let mut a = Agent::start(&[smollm2()], &[]).await;
-    let body = json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 40,
+    // A long grace period: the point is that in-flight work finishes, not how fast a loaded CI
+    // machine generates.
+    let mut a = Agent::start(&[smollm2()], &["--shutdown-grace", "600"]).await;
+    let body = json!({"model": SMOL, "messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 12,
                       "ignore_eos": true, "temperature": 0, "stream": true});
     let resp = a.client.post(a.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     let mut stream = resp.bytes_stream();
@@ -153,7 +158,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let text = String::from_utf8(rest).unwrap();
     assert!(text.contains("[DONE]"), "stream was cut: {text}");
     assert!(text.contains("\"finish_reason\":\"length\""));
-    assert_eq!(a.wait_exit(Duration::from_secs(30)), Some(0), "log:\n{}", a.log_text());
+    assert_eq!(a.wait_exit(Duration::from_secs(60)), Some(0), "log:\n{}", a.log_text());
     // No new connections after that.
     let addr = a.base.trim_start_matches("http://").to_owned();
     let refused = std::net::TcpStream::connect(&addr).map(|mut s| {

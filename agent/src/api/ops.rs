@@ -21,6 +21,13 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    st.metrics.engine_busy.clear();
+    for r in st.sched.residents() {
+        st.metrics
+            .engine_busy
+            .get_or_create(&crate::metrics::Metrics::model(&r.entry.name))
+            .set(r.instance.busy() as i64);
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode())
 }
 

@@ -20,7 +20,11 @@ use std::{
     collections::{VecDeque, hash_map::RandomState},
     hash::BuildHasher,
     num::NonZeroU32,
-    sync::{Arc, OnceLock, mpsc as std_mpsc},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+        mpsc as std_mpsc,
+    },
     time::Instant,
 };
 
@@ -82,13 +86,15 @@ impl Engine for LlamaEngine {
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<ModelFacts, EngineError>>();
         let worker_model = Arc::clone(&model);
         let worker_spec = spec.clone();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let worker_busy = Arc::clone(&busy);
         let name = spec.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         std::thread::Builder::new()
             .name(format!("llama:{}", name.chars().take(10).collect::<String>()))
-            .spawn(move || worker(backend, &worker_model, &worker_spec, &cmd_rx, &ready_tx))
+            .spawn(move || worker(backend, &worker_model, &worker_spec, &cmd_rx, &ready_tx, &worker_busy))
             .map_err(|e| load_err(format!("cannot start engine thread: {e}")))?;
         let facts = ready_rx.recv().map_err(|_| load_err("engine thread exited during load".into()))??;
-        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts }))
+        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts, busy }))
     }
 }
 
@@ -103,6 +109,8 @@ struct LlamaInstance {
     model: Arc<LlamaModel>,
     tx: std_mpsc::Sender<Job>,
     facts: ModelFacts,
+    /// Slots with a request, as the worker thread last counted them.
+    busy: Arc<AtomicUsize>,
 }
 
 impl Instance for LlamaInstance {
@@ -121,6 +129,10 @@ impl Instance for LlamaInstance {
 
     fn facts(&self) -> &ModelFacts {
         &self.facts
+    }
+
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
     }
 }
 
@@ -171,6 +183,7 @@ fn worker(
     spec: &LoadSpec,
     rx: &std_mpsc::Receiver<Job>,
     ready: &std_mpsc::Sender<Result<ModelFacts, EngineError>>,
+    busy: &AtomicUsize,
 ) {
     let parallel = spec.parallel.max(1);
     let threads = i32::try_from(spec.threads.max(1)).unwrap_or(1);
@@ -239,7 +252,9 @@ fn worker(
             start(model, &mut ctx, &mut slots[free], job, n_ctx_seq, spec.prefix_cache);
         }
         step(model, &mut ctx, &mut batch, &mut slots, n_ctx_seq);
+        busy.store(slots.iter().filter(|s| s.active.is_some()).count(), Ordering::Relaxed);
     }
+    busy.store(0, Ordering::Relaxed);
     tracing::debug!(model = %spec.path.display(), "engine thread stopped");
 }
 
@@ -513,6 +528,9 @@ fn take_utf8(buf: &mut Vec<u8>) -> String {
 fn finish(slot: &mut Slot, reason: FinishReason) {
     let Some(mut a) = slot.active.take() else { return };
     let now = Instant::now();
+    if reason == FinishReason::Cancelled {
+        tracing::debug!(seq = slot.seq, generated = a.generated, "request cancelled: client went away");
+    }
     if reason != FinishReason::Cancelled {
         let mut rest = take_utf8(&mut a.utf8);
         rest.push_str(&a.matcher.flush());

@@ -132,6 +132,8 @@ pub trait Instance: Send + Sync {
     /// Count the tokens of `text` as the model's tokenizer would (special tokens parsed).
     fn count_tokens(&self, text: &str) -> usize;
     fn facts(&self) -> &ModelFacts;
+    /// Requests the engine is generating for right now (its own view, after cancellations).
+    fn busy(&self) -> usize;
 }
 
 /// Loads model files into instances.
