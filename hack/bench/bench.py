@@ -132,15 +132,18 @@ REPETITION_N = 4          # word n-grams
 REPETITION_FLAG = 0.30    # flag a generation whose repeated-n-gram fraction exceeds this
 
 
-def score_answer(text: str, accepted: list[str], need: int) -> bool:
-    t = text.lower()
+def score_answer(text: str, accepted: list[str], need: int, prompt: str = "") -> bool:
+    # A base model often echoes the question; an echo must not count as an answer.
+    t = text.lower().replace(prompt.lower(), " ") if prompt else text.lower()
     hits = sum(1 for a in accepted if re.search(r"(?<![\w])" + re.escape(a) + r"(?![\w])", t))
     return hits >= need
 
 
 def repetition(text: str, n: int = REPETITION_N) -> float:
     """Fraction of word n-grams that repeat an earlier one (0 = no loop, ->1 = stuck in a loop)."""
-    words = re.findall(r"\w+", text.lower())
+    # Words; CJK characters count one each (a Japanese sentence has no spaces to split on).
+    words = re.findall(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]+",
+                       text.lower())
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     if len(grams) < 4:
         return 0.0
@@ -238,7 +241,7 @@ class Server:
 
     def start(self, timeout: float = 180.0) -> "Server":
         log(f"start {self.label} on 127.0.0.1:{self.port}")
-        logf = open(self.logpath, "ab")
+        logf = open(self.logpath, "wb")  # one start per label and run
         logf.write(("$ " + " ".join(self.argv) + "\n").encode())
         logf.flush()
         t0 = time.monotonic()
@@ -549,7 +552,7 @@ def run_quality(srv: Server, model: str, ignore_eos_ok: bool = True) -> dict:
         r = chat(srv.port, body)
         answers.append({"prompt": prompt, "expect": accepted if need == 1 else f"{need} of {accepted}",
                         "answer": r["text"], "finish_reason": r["finish_reason"],
-                        "pass": bool(r["ok"] and score_answer(r["text"], accepted, need)), "error": r["error"]})
+                        "pass": bool(r["ok"] and score_answer(r["text"], accepted, need, prompt)), "error": r["error"]})
     reps = []
     for prompt in REPETITION_PROMPTS:
         r = chat(srv.port, stream_body(model, None, prompt, 128, False))
@@ -728,7 +731,9 @@ def agent_cmake_cache(agent: str | None) -> Path | None:
 def git_rev() -> str:
     try:
         p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return p.stdout.strip() or "(no commit)"
+        d = subprocess.run(["git", "status", "--porcelain", "--", "agent", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True, timeout=10)
+        return (p.stdout.strip() or "(no commit)") + (" + uncommitted agent changes" if d.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return "(unknown)"
 
