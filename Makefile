@@ -15,6 +15,8 @@ step = @printf '\n==> %s\n' "$(1)"
 # Test control plane (kube-apiserver + etcd on loopback), CRD generation: cluster, cluster-down,
 # generate-crds, check-crds, test-k8s.
 include hack/k8s.mk
+# make bench: agent vs llama.cpp's llama-server side by side; writes docs/bench/.
+include hack/bench/bench.mk
 
 .PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz help
 
