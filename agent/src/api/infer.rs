@@ -322,6 +322,13 @@ pub fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, AppError> {
     }
 }
 
+/// OpenAI and Ollama seeds are 64-bit; llama.cpp's are 32-bit. Fold the halves together so
+/// distinct seeds stay distinct as far as possible and equal seeds stay equal.
+pub fn fold_seed(seed: i64) -> u32 {
+    let s = seed as u64;
+    (s ^ (s >> 32)) as u32
+}
+
 /// Seconds since the epoch, for OpenAI's `created`.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -139,7 +139,7 @@ fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, 
     }
     set!(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty);
     if let Some(seed) = o.seed {
-        q.seed = Some((seed as u64 ^ (seed as u64 >> 32)) as u32);
+        q.seed = Some(infer::fold_seed(seed));
     }
     match o.num_predict {
         None => {}

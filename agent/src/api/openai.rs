@@ -125,31 +125,12 @@ fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), AppError> {
         return Err(AppError::bad("logprobs", "logprobs are not supported"));
     }
     let q = &mut p.sampling;
-    if let Some(v) = s.temperature {
-        q.temperature = v;
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = s.$f { q.$f = v; } )* };
     }
-    if let Some(v) = s.top_p {
-        q.top_p = v;
-    }
-    if let Some(v) = s.top_k {
-        q.top_k = v;
-    }
-    if let Some(v) = s.min_p {
-        q.min_p = v;
-    }
-    if let Some(v) = s.repeat_penalty {
-        q.repeat_penalty = v;
-    }
-    if let Some(v) = s.presence_penalty {
-        q.presence_penalty = v;
-    }
-    if let Some(v) = s.frequency_penalty {
-        q.frequency_penalty = v;
-    }
+    set!(temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty);
     if let Some(seed) = s.seed {
-        // OpenAI seeds are 64-bit; llama.cpp's are 32-bit. Fold, so distinct seeds stay distinct
-        // as far as possible and equal seeds stay equal.
-        q.seed = Some((seed as u64 ^ (seed as u64 >> 32)) as u32);
+        q.seed = Some(infer::fold_seed(seed));
     }
     p.stop = infer::parse_stop(s.stop.as_ref())?;
     if p.stop.len() > 16 {
