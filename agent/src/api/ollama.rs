@@ -155,11 +155,21 @@ fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, 
     Ok(o.num_ctx)
 }
 
-/// Caps generation so prompt plus output stay within `num_ctx`.
-fn cap_to_num_ctx(p: &mut GenParams, num_ctx: Option<u32>, max_ctx: u32) {
-    if let Some(n) = num_ctx.filter(|&n| n < max_ctx) {
-        p.context_limit = Some(n);
-    }
+/// Generation settings shared by `/api/chat` and `/api/generate`: the model's defaults, then
+/// `options` (with `num_ctx` capping prompt plus output inside the loaded window), `format` and
+/// `keep_alive`.
+fn gen_params(
+    entry: &ModelEntry,
+    options: Option<&Options>,
+    format: Option<&Value>,
+    keep_alive: Option<KeepAlive>,
+) -> Result<GenParams, AppError> {
+    let mut params = GenParams::for_model(entry);
+    let num_ctx = apply_options(options, &mut params)?;
+    params.context_limit = num_ctx.filter(|&n| n < entry.context);
+    params.format = parse_format(format)?;
+    params.keep_alive = keep_alive;
+    Ok(params)
 }
 
 #[utoipa::path(post, path = "/api/chat", tag = "ollama", request_body = ChatRequest,
@@ -175,11 +185,7 @@ pub async fn chat(
     if req.messages.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, false).await?);
     }
-    let mut params = GenParams::for_model(&entry);
-    let num_ctx = apply_options(req.options.as_ref(), &mut params)?;
-    cap_to_num_ctx(&mut params, num_ctx, entry.context);
-    params.format = parse_format(req.format.as_ref())?;
-    params.keep_alive = keep_alive;
+    let params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
     let messages = infer::normalize_messages(&req.messages)?;
     let tools = req.tools.filter(|t| !t.is_empty()).map(Value::Array);
     let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
@@ -208,11 +214,7 @@ pub async fn generate(
     if req.prompt.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, true).await?);
     }
-    let mut params = GenParams::for_model(&entry);
-    let num_ctx = apply_options(req.options.as_ref(), &mut params)?;
-    cap_to_num_ctx(&mut params, num_ctx, entry.context);
-    params.format = parse_format(req.format.as_ref())?;
-    params.keep_alive = keep_alive;
+    let params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
     let prompt = if req.raw.unwrap_or(false) {
         Prompt::Text(req.prompt)
     } else {

@@ -101,6 +101,8 @@ impl Engine for LlamaEngine {
 /// A request travelling to the worker thread.
 struct Job {
     req: GenRequest,
+    /// The prompt's tokens, computed once on the worker thread when the job is first considered.
+    tokens: Option<Vec<LlamaToken>>,
     tx: mpsc::UnboundedSender<Event>,
     submitted: Instant,
 }
@@ -116,7 +118,7 @@ struct LlamaInstance {
 impl Instance for LlamaInstance {
     fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let job = Job { req, tx, submitted: Instant::now() };
+        let job = Job { req, tokens: None, tx, submitted: Instant::now() };
         if let Err(std_mpsc::SendError(job)) = self.tx.send(job) {
             let _ = job.tx.send(Event::Error(EngineError::Stopped));
         }
@@ -247,7 +249,7 @@ fn worker(
         }
         // Drop queued requests whose client already left.
         queue.retain(|j| !j.tx.is_closed());
-        while let Some(free) = pick_slot(&slots, queue.front().map(|j| &j.req), model, spec.prefix_cache) {
+        while let Some(free) = pick_slot(&slots, queue.front_mut(), model, spec.prefix_cache) {
             let Some(job) = queue.pop_front() else { break };
             start(model, &mut ctx, &mut slots[free], job, n_ctx_seq, spec.prefix_cache);
         }
@@ -267,14 +269,14 @@ fn kv_cache_bytes(model: &LlamaModel, n_ctx: u32) -> u64 {
 }
 
 /// The free slot whose cached tokens share the longest prefix with the next request's prompt.
-fn pick_slot(slots: &[Slot], next: Option<&GenRequest>, model: &LlamaModel, reuse: bool) -> Option<usize> {
-    let req = next?;
+fn pick_slot(slots: &[Slot], next: Option<&mut Job>, model: &LlamaModel, reuse: bool) -> Option<usize> {
+    let job = next?;
     let free = slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
     if !reuse {
         return free.map(|(i, _)| i).next();
     }
-    let prompt = tokenize(model, &req.prompt);
-    free.max_by_key(|(i, s)| (common_prefix(&s.cache, &prompt), std::cmp::Reverse(*i))).map(|(i, _)| i)
+    let prompt = job.tokens.get_or_insert_with(|| tokenize(model, &job.req.prompt));
+    free.max_by_key(|(i, s)| (common_prefix(&s.cache, prompt), std::cmp::Reverse(*i))).map(|(i, _)| i)
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
@@ -284,9 +286,9 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// Assigns a job to a slot: tokenizes, trims the sequence to the reusable prefix, builds the
 /// sampler. Errors are sent to the client and leave the slot free.
 fn start(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slot: &mut Slot, job: Job, n_ctx: u32, reuse: bool) {
-    let Job { req, tx, submitted } = job;
+    let Job { req, tokens, tx, submitted } = job;
     let started = Instant::now();
-    let prompt = tokenize(model, &req.prompt);
+    let prompt = tokens.unwrap_or_else(|| tokenize(model, &req.prompt));
     if prompt.is_empty() {
         let _ = tx.send(Event::Error(EngineError::Decode("empty prompt".into())));
         return;
