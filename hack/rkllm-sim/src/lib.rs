@@ -1,0 +1,1 @@
+//! ABI-exact stand-in for librkllmrt.so (see README.md).
