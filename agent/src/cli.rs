@@ -15,11 +15,14 @@ use tokio::net::TcpListener;
 use crate::{
     api::{self, AppState},
     config::Config,
-    engine::llama::LlamaEngine,
+    doctor::DoctorArgs,
+    engine::{Engine, llama::LlamaEngine},
     keepalive::KeepAlive,
     metrics::Metrics,
     models::{Catalog, Registry},
-    sched::{self, SchedOptions, Scheduler},
+    node::{BoardArgs, Node},
+    npu::{self, NpuArgs},
+    sched::{self, Engines, SchedOptions, Scheduler},
 };
 
 #[derive(Debug, Parser)]
@@ -50,6 +53,8 @@ pub enum Command {
     Models(ModelArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Check the board, the NPU runtime and the models; exit 1 on a blocking problem.
+    Doctor(DoctorArgs),
 }
 
 /// Where models come from; shared by `serve` and `models`.
@@ -115,6 +120,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "ROCKCHIP_LLAMA_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub npu: NpuArgs,
+    #[command(flatten)]
+    pub board: BoardArgs,
 }
 
 fn default_models_dir() -> PathBuf {
@@ -131,11 +140,15 @@ impl Cli {
                 println!("{}", api::openapi_json());
                 Ok(())
             }
+            Command::Doctor(args) => {
+                let code = crate::doctor::run(&args)?;
+                std::process::exit(code);
+            }
         }
     }
 }
 
-fn registry(args: &ModelArgs) -> anyhow::Result<Registry> {
+pub fn registry(args: &ModelArgs) -> anyhow::Result<Registry> {
     let catalog = Catalog::load(args.catalog.as_deref()).map_err(anyhow::Error::msg).context("loading the catalog")?;
     let config = match &args.config {
         Some(p) => Config::load(p).map_err(anyhow::Error::msg).context("loading the config file")?,
@@ -190,12 +203,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prefix_cache,
         keep_alive,
         shutdown_grace,
+        npu,
+        board,
     } = args;
-    if engine == EngineChoice::Rkllm {
-        bail!(
-            "--engine rkllm: this build has no RKLLM engine yet (NPU support is the next milestone); use auto or llama"
+    let nofile = board::raise_nofile(board::VENDOR_NOFILE);
+    let (engines, runtime_json) = engines(engine, &npu, &models.models_dir, &board)?;
+    if nofile.after_soft < board::VENDOR_NOFILE && engines.rkllm.is_ok() {
+        tracing::warn!(
+            soft = nofile.after_soft,
+            hard = nofile.hard,
+            "open-file limit below the 102400 the RKLLM runtime needs; raise the hard limit (LimitNOFILE=)"
+        );
+    } else if nofile.after_soft > nofile.before_soft {
+        tracing::info!(
+            from = nofile.before_soft,
+            to = nofile.after_soft,
+            "raised the open-file limit for the RKLLM runtime"
         );
     }
+    let node = Arc::new(Node::new(&board, nofile, runtime_json).map_err(anyhow::Error::msg)?);
     let keys = api_key_file.as_deref().map(read_keys).transpose()?.map(Arc::new);
     let default_keep_alive = KeepAlive::parse(&keep_alive).map_err(anyhow::Error::msg)?;
     let opts = SchedOptions {
@@ -205,12 +231,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32)),
         prefix_cache,
         default_keep_alive,
+        npu_domains: npu.npu_domains,
     };
     let registry = Arc::new(registry(&models)?);
     tracing::info!(dir = %models.models_dir.display(), models = registry.list().len(), "models discovered");
     let metrics = Arc::new(Metrics::new());
-    let sched = Scheduler::new(Arc::clone(&registry), Arc::new(LlamaEngine), opts, Arc::clone(&metrics));
+    let sched = Scheduler::new(Arc::clone(&registry), engines, opts, Arc::clone(&metrics));
+    {
+        let node = Arc::clone(&node);
+        sched.set_before_load(Box::new(move || node.pin()));
+    }
     tokio::spawn(Arc::clone(&sched).reap_forever());
+    {
+        let s = Arc::clone(&sched);
+        tokio::spawn(Arc::clone(&node).idle_watch(move || s.residents().is_empty()));
+    }
     let state = AppState {
         sched: Arc::clone(&sched),
         metrics,
@@ -219,6 +254,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pulls: Arc::default(),
         default_model: default_model.clone(),
         ready: Arc::new(AtomicBool::new(false)),
+        node: Some(Arc::clone(&node)),
     };
     if let Some(name) = &default_model {
         let entry = registry
@@ -251,8 +287,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     sched.unload_all();
+    node.restore();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The engines for `--engine`, and the runtime's state for the status endpoint.
+fn engines(
+    choice: EngineChoice,
+    npu_args: &NpuArgs,
+    models_dir: &Path,
+    board_args: &BoardArgs,
+) -> anyhow::Result<(Engines, serde_json::Value)> {
+    let llama: Option<Arc<dyn Engine>> =
+        (choice != EngineChoice::Rkllm).then(|| Arc::new(LlamaEngine) as Arc<dyn Engine>);
+    if choice == EngineChoice::Llama {
+        let why = "--engine llama".to_owned();
+        return Ok((Engines { llama, rkllm: Err(why.clone()) }, serde_json::json!({"rkllm": null, "reason": why})));
+    }
+    let info = board::BoardInfo::detect(&board::Sysfs::new(&board_args.sysfs_root));
+    let mask = info.big_core_mask() as u32;
+    match npu::open_runtime(npu_args) {
+        Ok(rt) => {
+            tracing::info!(lib = %rt.path.display(), version = ?rt.version.map(|v| v.to_string()), abi = %rt.abi,
+                           cpus_mask = format!("{mask:#x}"), "RKLLM runtime loaded");
+            if mask == 0 {
+                tracing::warn!("no cpufreq topology under --sysfs-root; RKLLM threads use the vendor default CPUs 4-7");
+            }
+            let json = serde_json::json!({"rkllm": {"lib": rt.path, "version": rt.version.map(|v| v.to_string()), "abi": rt.abi.as_str()}});
+            Ok((Engines { llama, rkllm: Ok(npu::engine(rt, npu_args, models_dir, mask)) }, json))
+        }
+        Err(why) if choice == EngineChoice::Rkllm => bail!("--engine rkllm: {why}"),
+        Err(why) => {
+            tracing::info!(%why, "RKLLM runtime not available; serving GGUF models on the CPU only");
+            Ok((Engines { llama, rkllm: Err(why.clone()) }, serde_json::json!({"rkllm": null, "reason": why})))
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,9 @@
 //!     max_tokens: 256
 //!     system: "You are terse."
 //!     sampling: { temperature: 0.2, top_k: 20 }
+//!   qwen3-0.6b:                      # an RKLLM model on the NPU
+//!     n_batch: 4                     # sequences per rkllm_run (multi-batch)
+//!     loras: { sql: qwen3-sql_lora.rkllm }   # selected as model "qwen3-0.6b:sql"
 //! ```
 
 use std::{collections::BTreeMap, path::Path};
@@ -50,6 +53,12 @@ pub struct ModelConfig {
     pub chat_template: Option<String>,
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// RKLLM: sequences decoded together per `rkllm_run` (1–8); overrides `--parallel`.
+    pub n_batch: Option<u32>,
+    /// RKLLM: LoRA adapters by name → file (relative to the models directory), selected with the
+    /// model name `base:adapter`.
+    #[serde(default)]
+    pub loras: BTreeMap<String, std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +97,8 @@ pub struct Effective {
     pub system: Option<String>,
     pub chat_template: Option<String>,
     pub sampling: SamplingParams,
+    pub n_batch: Option<u32>,
+    pub loras: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Config {
@@ -111,6 +122,12 @@ impl Config {
             if m.context == Some(0) {
                 return Err(format!("{name}: context must be positive"));
             }
+            if m.n_batch.is_some_and(|n| !(1..=8).contains(&n)) {
+                return Err(format!("{name}: n_batch must be between 1 and 8 (the runtime's limit)"));
+            }
+            if let Some(bad) = m.loras.keys().find(|k| k.is_empty() || k.contains(':')) {
+                return Err(format!("{name}: LoRA name {bad:?} must be non-empty and contain no ':'"));
+            }
         }
         Ok(())
     }
@@ -132,6 +149,8 @@ impl Config {
             system: own.and_then(|m| m.system.clone()).or_else(|| self.defaults.system.clone()),
             chat_template: own.and_then(|m| m.chat_template.clone()).or_else(|| self.defaults.chat_template.clone()),
             sampling,
+            n_batch: own.and_then(|m| m.n_batch).or(self.defaults.n_batch),
+            loras: own.map(|m| m.loras.clone()).unwrap_or_default(),
         }
     }
 }

@@ -56,6 +56,15 @@ pub struct Metrics {
     /// Set at scrape time from each engine's own count.
     pub engine_busy: Family<ModelLabels, Gauge>,
     pub rejected: Family<ModelLabels, Counter>,
+    /// RKLLM prompt-cache files loaded before a run / written by a run.
+    pub prompt_cache_loads: Family<ModelLabels, Counter>,
+    pub prompt_cache_creates: Family<ModelLabels, Counter>,
+    /// Board telemetry, set at scrape time: °C per thermal zone, NPU load % per core, Hz per clock.
+    pub temperature: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub npu_load: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub frequency: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while the board's clocks are pinned by the agent.
+    pub tuned: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +90,12 @@ impl Metrics {
             loaded_models: Gauge::default(),
             engine_busy: Family::default(),
             rejected: Family::default(),
+            prompt_cache_loads: Family::default(),
+            prompt_cache_creates: Family::default(),
+            temperature: Family::default(),
+            npu_load: Family::default(),
+            frequency: Family::default(),
+            tuned: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -101,6 +116,12 @@ impl Metrics {
             m.engine_busy.clone(),
         );
         r.register("rejected_requests", "Requests refused because the queue was full", m.rejected.clone());
+        r.register("prompt_cache_loads", "RKLLM prompt-cache files loaded before a run", m.prompt_cache_loads.clone());
+        r.register("prompt_cache_creates", "RKLLM prompt-cache files written by a run", m.prompt_cache_creates.clone());
+        r.register("board_temperature_celsius", "Thermal zone temperature", m.temperature.clone());
+        r.register("npu_load_percent", "NPU load per core", m.npu_load.clone());
+        r.register("clock_frequency_hertz", "Current CPU policy, NPU, DDR and GPU clock", m.frequency.clone());
+        r.register("board_tuned", "1 while the agent pins the board's clocks", m.tuned.clone());
         Self { registry, ..m }
     }
 

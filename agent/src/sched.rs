@@ -43,6 +43,15 @@ pub struct SchedOptions {
     pub threads: u32,
     pub prefix_cache: bool,
     pub default_keep_alive: KeepAlive,
+    /// NPU memory domains (`base_domain_id` 0..n) RKLLM instances are spread over.
+    pub npu_domains: u32,
+}
+
+/// The engines this agent has. RKLLM is absent when its runtime did not load; the reason is
+/// kept so a request for an `.rkllm` model can say why it cannot be served.
+pub struct Engines {
+    pub llama: Option<Arc<dyn Engine>>,
+    pub rkllm: Result<Arc<dyn Engine>, String>,
 }
 
 /// Why a request could not get a model.
@@ -56,8 +65,8 @@ pub enum SchedError {
     TooLarge { model: String, need: u64, budget: u64 },
     #[error("not enough memory for model '{model}' while other models are in use; retry later")]
     Busy { model: String },
-    #[error("no engine for {format} models on this agent")]
-    NoEngine { format: &'static str },
+    #[error("no engine for {format} models on this agent: {why}")]
+    NoEngine { format: &'static str, why: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -77,6 +86,8 @@ pub struct Resident {
     pub instance: Arc<dyn Instance>,
     pub template: ChatTemplate,
     pub engine: &'static str,
+    /// NPU memory domain of an RKLLM instance.
+    pub domain: Option<i32>,
     pub loaded_at: SystemTime,
     pub load_duration: Duration,
     slots: Arc<Semaphore>,
@@ -154,30 +165,32 @@ impl Drop for Waiting<'_> {
 
 pub struct Scheduler {
     registry: Arc<Registry>,
-    llama: Arc<dyn Engine>,
+    engines: Engines,
     opts: SchedOptions,
     metrics: Arc<Metrics>,
     residents: Mutex<HashMap<String, Arc<Resident>>>,
     load_lock: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
+    /// Runs before every load (board tuning pins the clocks).
+    before_load: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Scheduler {
-    pub fn new(
-        registry: Arc<Registry>,
-        llama: Arc<dyn Engine>,
-        opts: SchedOptions,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    pub fn new(registry: Arc<Registry>, engines: Engines, opts: SchedOptions, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             registry,
-            llama,
+            engines,
             opts,
             metrics,
             residents: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
+            before_load: Mutex::new(None),
         })
+    }
+
+    pub fn set_before_load(&self, f: Box<dyn Fn() + Send + Sync>) {
+        *self.before_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(f);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -283,23 +296,52 @@ impl Scheduler {
             return Ok(r);
         }
         let engine = match entry.format {
-            Format::Gguf => Arc::clone(&self.llama),
-            Format::Rkllm => return Err(SchedError::NoEngine { format: "rkllm" }),
+            Format::Gguf => self.engines.llama.clone().ok_or_else(|| SchedError::NoEngine {
+                format: "gguf",
+                why: "--engine rkllm serves only .rkllm files".into(),
+            })?,
+            Format::Rkllm => {
+                self.engines.rkllm.clone().map_err(|why| SchedError::NoEngine { format: "rkllm", why: why.clone() })?
+            }
         };
-        let need = entry.memory_estimate(self.opts.parallel);
+        let rkllm = entry.format == Format::Rkllm;
+        // RKLLM: one sequence per batch slot; `parallel` is the model's n_batch.
+        let parallel =
+            if rkllm { entry.settings.n_batch.unwrap_or(self.opts.parallel).clamp(1, 8) } else { self.opts.parallel };
+        let need = entry.memory_estimate(parallel);
         self.make_room(&entry.name, need)?;
-        let spec = LoadSpec {
+        let loras = entry
+            .settings
+            .loras
+            .iter()
+            .map(|(n, p)| (n.clone(), if p.is_absolute() { p.clone() } else { self.registry.dir().join(p) }))
+            .collect();
+        let mut spec = LoadSpec {
             path: entry.path.clone(),
             n_ctx: entry.context,
-            parallel: self.opts.parallel,
+            parallel,
             threads: self.opts.threads,
             prefix_cache: self.opts.prefix_cache,
+            family: entry.family.clone(),
+            sampling: entry.settings.sampling.clone(),
+            domain: if rkllm { self.free_domain() } else { 0 },
+            loras,
         };
+        if let Some(f) = self.before_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            f();
+        }
         tracing::info!(model = %entry.name, file = %entry.path.display(), context = entry.context, "loading");
         let t0 = Instant::now();
-        let instance = tokio::task::spawn_blocking(move || engine.load(&spec))
-            .await
-            .map_err(|e| EngineError::Load { path: entry.path.display().to_string(), reason: e.to_string() })??;
+        let mut instance = Self::load_blocking(&engine, &spec).await;
+        if let Err(SchedError::Engine(EngineError::NpuMemory(why))) = &instance {
+            // The domain is full: unload idle NPU models and try once more.
+            if self.evict_idle_npu() > 0 {
+                tracing::warn!(model = %entry.name, %why, "NPU memory full; evicted idle NPU models, retrying once");
+                spec.domain = self.free_domain();
+                instance = Self::load_blocking(&engine, &spec).await;
+            }
+        }
+        let instance = instance?;
         let load_duration = t0.elapsed();
         self.metrics.load_seconds.get_or_create(&Metrics::model(&entry.name)).observe(load_duration.as_secs_f64());
         let template = compile_template(entry);
@@ -307,10 +349,11 @@ impl Scheduler {
             entry: Arc::clone(entry),
             instance,
             template,
-            engine: self.llama.name(),
+            engine: engine.name(),
+            domain: rkllm.then_some(spec.domain),
             loaded_at: SystemTime::now(),
             load_duration,
-            slots: Arc::new(Semaphore::new(self.opts.parallel.max(1) as usize)),
+            slots: Arc::new(Semaphore::new(parallel.max(1) as usize)),
             waiting: AtomicUsize::new(0),
             users: AtomicUsize::new(1),
             life: Mutex::new(Life { keep_alive: keepalive::DEFAULT, expires_at: None, last_used: Instant::now() }),
@@ -320,6 +363,37 @@ impl Scheduler {
         self.metrics.loaded_models.set(map.len() as i64);
         tracing::info!(model = %entry.name, seconds = load_duration.as_secs_f64(), "loaded");
         Ok(r)
+    }
+
+    async fn load_blocking(engine: &Arc<dyn Engine>, spec: &LoadSpec) -> Result<Arc<dyn Instance>, SchedError> {
+        let (engine, spec2) = (Arc::clone(engine), spec.clone());
+        tokio::task::spawn_blocking(move || engine.load(&spec2))
+            .await
+            .map_err(|e| EngineError::Load { path: spec.path.display().to_string(), reason: e.to_string() })?
+            .map_err(SchedError::from)
+    }
+
+    /// The lowest NPU domain no resident RKLLM instance uses; the least used one when all are.
+    fn free_domain(&self) -> i32 {
+        let n = self.opts.npu_domains.max(1) as i32;
+        let map = self.map();
+        let count = |d: i32| map.values().filter(|r| r.domain == Some(d)).count();
+        (0..n).min_by_key(|&d| (count(d), d)).unwrap_or(0)
+    }
+
+    /// Unloads every idle RKLLM instance; returns how many.
+    fn evict_idle_npu(&self) -> usize {
+        let mut map = self.map();
+        let before = map.len();
+        map.retain(|name, r| {
+            let keep = r.domain.is_none() || r.users.load(Ordering::SeqCst) > 0;
+            if !keep {
+                tracing::info!(evicted = %name, "unloading idle NPU model to free NPU memory");
+            }
+            keep
+        });
+        self.metrics.loaded_models.set(map.len() as i64);
+        before - map.len()
     }
 
     /// The resident model for `entry` with one more user, if it is loaded from the same file.

@@ -135,6 +135,9 @@ impl From<EngineError> for AppError {
             EngineError::PromptTooLong { prompt, context } => Self::PromptTooLong { prompt, context },
             EngineError::Grammar(m) => Self::bad("response_format", format!("invalid grammar: {m}")),
             EngineError::Load { .. } | EngineError::Decode(_) | EngineError::Stopped => Self::Internal(e.to_string()),
+            EngineError::Unsupported(m) => Self::BadRequest { message: m, param: Some("model") },
+            EngineError::Input(m) => Self::BadRequest { message: m, param: Some("messages") },
+            EngineError::NpuMemory(_) => Self::Unavailable(e.to_string()),
         }
     }
 }

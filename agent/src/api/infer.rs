@@ -1,7 +1,11 @@
 //! Generation shared by the OpenAI and Ollama routes: resolve the model, take a lease, render the
-//! prompt, check it fits, submit, and pump events while recording latency metrics.
+//! prompt (or hand the conversation to an engine that templates itself), check it fits, submit,
+//! and pump events while recording latency metrics. Reasoning (`<think>` blocks) is split from
+//! the answer here, and JSON output is checked (and retried once) for engines that cannot
+//! constrain decoding.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -9,9 +13,14 @@ use std::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{AppState, error::AppError};
+use super::{
+    AppState,
+    error::AppError,
+    jsoncheck,
+    think::{Piece, ThinkSplitter},
+};
 use crate::{
-    engine::{Event, FinishReason, GenRequest, Perf, SamplingParams, llama},
+    engine::{ChatInput, Event, FinishReason, GenRequest, Perf, PromptCacheUse, SamplingParams, llama},
     keepalive::KeepAlive,
     metrics::Metrics,
     models::ModelEntry,
@@ -48,6 +57,10 @@ pub struct GenParams {
     pub keep_alive: Option<KeepAlive>,
     /// Ollama `num_ctx` below the loaded window: prompt plus output must fit it.
     pub context_limit: Option<u32>,
+    /// Reasoning asked for (Ollama `think`, OpenAI `reasoning_effort`, `enable_thinking`).
+    pub think: bool,
+    /// LoRA adapter from a `base:adapter` model name.
+    pub adapter: Option<String>,
 }
 
 impl GenParams {
@@ -67,6 +80,21 @@ pub fn find_model(state: &AppState, name: &str) -> Result<Arc<ModelEntry>, AppEr
     state.sched.registry().lookup(name).ok_or_else(|| AppError::ModelNotFound(name.to_owned()))
 }
 
+/// Like [`find_model`], also accepting `base:adapter` for a LoRA adapter configured on `base`.
+pub fn find_model_for_generation(state: &AppState, name: &str) -> Result<(Arc<ModelEntry>, Option<String>), AppError> {
+    match find_model(state, name) {
+        Ok(e) => Ok((e, None)),
+        Err(not_found) => {
+            let Some((base, adapter)) = name.trim().rsplit_once(':') else { return Err(not_found) };
+            let entry = state.sched.registry().lookup(base).ok_or(not_found)?;
+            if !entry.settings.loras.contains_key(adapter) {
+                return Err(AppError::ModelNotFound(name.trim().to_owned()));
+            }
+            Ok((entry, Some(adapter.to_owned())))
+        }
+    }
+}
+
 /// A generation in progress. Dropping it cancels the request in the engine.
 pub struct Running {
     pub lease: Lease,
@@ -79,11 +107,24 @@ pub struct Running {
     last: Option<Instant>,
     metrics: Arc<Metrics>,
     labels: crate::metrics::ModelLabels,
+    /// Splits `<think>` blocks off chat answers.
+    think: Option<ThinkSplitter>,
+    /// Events ready to hand out (split pieces, a checked JSON answer).
+    ready: VecDeque<Event>,
+    /// JSON to check after the fact, with the request to retry once.
+    check: Option<JsonCheck>,
+}
+
+struct JsonCheck {
+    schema: Option<Value>,
+    retry: Option<GenRequest>,
 }
 
 /// The whole answer of a non-streaming request.
 pub struct Collected {
     pub text: String,
+    /// Reasoning split from a `<think>` block ("" when none).
+    pub reasoning: String,
     pub reason: FinishReason,
     pub perf: Perf,
 }
@@ -94,11 +135,21 @@ impl Running {
     }
 
     /// The next event, recording time-to-first-token, inter-token latency and token counts.
+    /// Answer text arrives as `Token`, reasoning as `Reasoning`.
     pub async fn next(&mut self) -> Option<Event> {
-        let ev = self.rx.recv().await?;
+        if self.check.is_some() {
+            self.checked_answer().await;
+        }
+        let ev = loop {
+            if let Some(ev) = self.ready.pop_front() {
+                break ev;
+            }
+            let ev = self.rx.recv().await?;
+            self.split(ev);
+        };
         let now = Instant::now();
         match &ev {
-            Event::Token { .. } => {
+            Event::Token { .. } | Event::Reasoning { .. } => {
                 match self.last {
                     None => self.metrics.ttft.get_or_create(&self.labels).observe((now - self.started).as_secs_f64()),
                     Some(t) => self.metrics.inter_token.get_or_create(&self.labels).observe((now - t).as_secs_f64()),
@@ -109,23 +160,140 @@ impl Running {
                 self.metrics.prompt_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.prompt_eval_tokens));
                 self.metrics.cached_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.cached_tokens));
                 self.metrics.generated_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.generated_tokens));
+                let family = match perf.prompt_cache {
+                    Some(PromptCacheUse::Loaded) => Some(&self.metrics.prompt_cache_loads),
+                    Some(PromptCacheUse::Created) => Some(&self.metrics.prompt_cache_creates),
+                    None => None,
+                };
+                if let Some(f) = family {
+                    f.get_or_create(&self.labels).inc();
+                }
             }
             Event::Error(_) => {}
         }
         Some(ev)
     }
 
+    /// Queues an engine event, splitting reasoning from answer text.
+    fn split(&mut self, ev: Event) {
+        match (ev, &mut self.think) {
+            (Event::Token { text, id }, Some(s)) => {
+                for p in s.feed(&text) {
+                    self.ready.push_back(piece_event(p, id));
+                }
+            }
+            (ev @ Event::Done { .. }, Some(s)) => {
+                for p in s.finish() {
+                    self.ready.push_back(piece_event(p, -1));
+                }
+                self.ready.push_back(ev);
+            }
+            (ev, _) => self.ready.push_back(ev),
+        }
+    }
+
+    /// Reads the whole answer, checks its JSON, retries once if it fails, and queues the result
+    /// as one text event (streaming clients then get the checked answer in one chunk).
+    async fn checked_answer(&mut self) {
+        let Some(mut check) = self.check.take() else { return };
+        loop {
+            let mut reasoning = String::new();
+            let mut text = String::new();
+            let mut end = None;
+            while let Some(ev) = self.rx.recv().await {
+                self.split(ev);
+                while let Some(ev) = self.ready.pop_front() {
+                    match ev {
+                        Event::Token { text: t, .. } => text.push_str(&t),
+                        Event::Reasoning { text: t } => reasoning.push_str(&t),
+                        other => end = Some(other),
+                    }
+                }
+                if end.is_some() {
+                    break;
+                }
+            }
+            let Some(end) = end else { return };
+            if !matches!(end, Event::Done { .. }) {
+                self.ready.push_back(end);
+                return;
+            }
+            match jsoncheck::check(&text, check.schema.as_ref()) {
+                Ok(json) => {
+                    self.ready.extend(queue(reasoning, json, end));
+                    return;
+                }
+                Err(why) => match check.retry.take() {
+                    Some(mut req) => {
+                        tracing::info!(model = %self.model_name(), %why, "answer is not the requested JSON; retrying once");
+                        nudge(&mut req, &why);
+                        self.rx = self.lease.resident.instance.submit(req);
+                        self.think = self.think.as_ref().map(|_| ThinkSplitter::default());
+                    }
+                    None => {
+                        let msg = format!("the model did not produce the requested JSON after one retry: {why}");
+                        self.ready.push_back(Event::Error(crate::engine::EngineError::Decode(msg)));
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
     /// Reads the whole answer.
     pub async fn collect(mut self) -> Result<Collected, AppError> {
         let mut text = String::new();
+        let mut reasoning = String::new();
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Token { text: t, .. } => text.push_str(&t),
-                Event::Done { reason, perf } => return Ok(Collected { text, reason, perf }),
+                Event::Reasoning { text: t } => reasoning.push_str(&t),
+                Event::Done { reason, perf } => return Ok(Collected { text, reasoning, reason, perf }),
                 Event::Error(e) => return Err(e.into()),
             }
         }
         Err(AppError::Internal("the engine ended the request without an answer".into()))
+    }
+}
+
+fn piece_event(p: Piece, id: i32) -> Event {
+    match p {
+        Piece::Text(text) => Event::Token { text, id },
+        Piece::Reasoning(text) => Event::Reasoning { text },
+    }
+}
+
+fn queue(reasoning: String, json: String, end: Event) -> Vec<Event> {
+    let mut v = Vec::new();
+    if !reasoning.is_empty() {
+        v.push(Event::Reasoning { text: reasoning });
+    }
+    v.push(Event::Token { text: json, id: -1 });
+    v.push(end);
+    v
+}
+
+/// Tells the model what was wrong with its answer, for the one retry.
+fn nudge(req: &mut GenRequest, why: &str) {
+    let note = format!("\n\n(Your previous answer was rejected: {why}. Reply with the JSON only.)");
+    match &mut req.chat {
+        Some(c) => {
+            if let Some(m) = c.messages.iter_mut().rev().find(|m| m["role"] == "user") {
+                let old = m["content"].as_str().unwrap_or_default().to_owned();
+                m["content"] = Value::String(old + &note);
+            }
+        }
+        None => req.prompt.push_str(&note),
+    }
+}
+
+/// The instruction an unconstrained engine gets in place of a grammar.
+fn json_instruction(format: &OutputFormat) -> String {
+    match format {
+        OutputFormat::JsonObject => "Respond with a single JSON object and nothing else.".into(),
+        OutputFormat::Schema(s) => {
+            format!("Respond with a single JSON value matching this JSON schema and nothing else: {s}")
+        }
     }
 }
 
@@ -134,22 +302,36 @@ pub async fn start(
     state: &AppState,
     entry: &Arc<ModelEntry>,
     prompt: Prompt,
-    params: GenParams,
+    mut params: GenParams,
 ) -> Result<Running, AppError> {
     params.sampling.validate().map_err(|m| AppError::BadRequest { message: m, param: None })?;
-    let grammar = match &params.format {
-        None => None,
-        Some(OutputFormat::JsonObject) => Some(llama::grammar_for_schema(&json!({"type": "object"}))?),
-        Some(OutputFormat::Schema(s)) => Some(llama::grammar_for_schema(s)?),
-    };
     let started = Instant::now();
     let was_resident = state.sched.resident(&entry.name).is_some();
     let keep_alive = state.sched.keep_alive_for(entry, params.keep_alive);
     let lease = state.sched.acquire(entry, keep_alive).await?;
     let r = Arc::clone(&lease.resident);
+    if params.think && !r.instance.facts().thinking {
+        return Err(AppError::bad("think", format!("\"{}\" does not support thinking", entry.name)));
+    }
+    let constrained = r.instance.constrains_output();
+    let renders = r.instance.renders_chat();
+    if !constrained && matches!(&prompt, Prompt::Chat { tools: Some(_), .. }) {
+        // A forced tool call is a grammar; without one the model's own tool-call turn decides.
+        params.format = None;
+    }
+    let grammar = match (&params.format, constrained) {
+        (None, _) | (Some(_), false) => None,
+        (Some(OutputFormat::JsonObject), true) => Some(llama::grammar_for_schema(&json!({"type": "object"}))?),
+        (Some(OutputFormat::Schema(s)), true) => Some(llama::grammar_for_schema(s)?),
+    };
+    let hint = (!constrained).then(|| params.format.as_ref().map(json_instruction)).flatten();
     let facts = r.instance.facts();
-    let (text, tool_names) = match prompt {
-        Prompt::Text(t) => (t, Vec::new()),
+    let split_think = matches!(prompt, Prompt::Chat { .. });
+    let (text, tool_names, chat) = match prompt {
+        Prompt::Text(t) => match &hint {
+            Some(h) => (format!("{h}\n\n{t}"), Vec::new(), None),
+            None => (t, Vec::new(), None),
+        },
         Prompt::Chat { mut messages, tools } => {
             let tool_names = tools.as_ref().map(tools::names).unwrap_or_default();
             if let Some(sys) = &entry.settings.system
@@ -157,27 +339,47 @@ pub async fn start(
             {
                 messages.insert(0, json!({"role": "system", "content": sys}));
             }
-            if let Some(t) = &tools
-                && !r.template.handles_tools
-                && !tool_names.is_empty()
-            {
-                add_to_system(&mut messages, &tools::describe(t));
+            if let Some(h) = &hint {
+                add_to_system(&mut messages, h);
             }
-            let rendered = r
-                .template
-                .render(&messages, tools.as_ref(), true, &facts.bos, &facts.eos)
-                .map_err(|m| AppError::BadRequest { message: m, param: Some("messages") })?;
-            (rendered, tool_names)
+            if renders {
+                let system: Vec<&str> =
+                    messages.iter().filter(|m| m["role"] == "system").filter_map(|m| m["content"].as_str()).collect();
+                let system = system.join("\n\n");
+                let rest: Vec<Value> = messages.into_iter().filter(|m| m["role"] != "system").collect();
+                if rest.is_empty() {
+                    return Err(AppError::bad("messages", "messages need at least one user or tool message"));
+                }
+                (String::new(), tool_names, Some(ChatInput { system, messages: rest, tools }))
+            } else {
+                if let Some(t) = &tools
+                    && !r.template.handles_tools
+                    && !tool_names.is_empty()
+                {
+                    add_to_system(&mut messages, &tools::describe(t));
+                }
+                let rendered = r
+                    .template
+                    .render(&messages, tools.as_ref(), true, &facts.bos, &facts.eos)
+                    .map_err(|m| AppError::BadRequest { message: m, param: Some("messages") })?;
+                (rendered, tool_names, None)
+            }
         }
     };
-    let n = u32::try_from(r.instance.count_tokens(&text)).unwrap_or(u32::MAX);
     let window = params.context_limit.map_or(facts.n_ctx, |l| l.min(facts.n_ctx));
-    if n >= window {
+    let n = if chat.is_none() {
+        r.instance.count_tokens(&text).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    } else {
+        None
+    };
+    if let Some(n) = n
+        && n >= window
+    {
         return Err(AppError::PromptTooLong { prompt: n, context: window });
     }
     let mut max_tokens = params.max_tokens;
     if params.context_limit.is_some() {
-        max_tokens = Some(max_tokens.unwrap_or(u32::MAX).min(window - n));
+        max_tokens = Some(max_tokens.unwrap_or(u32::MAX).min(window - n.unwrap_or(0)));
     }
     let req = GenRequest {
         prompt: text,
@@ -186,7 +388,17 @@ pub async fn start(
         stop: params.stop,
         grammar,
         ignore_eos: params.ignore_eos,
+        chat,
+        think: params.think,
+        adapter: params.adapter,
     };
+    let check = (!constrained).then_some(params.format.as_ref()).flatten().map(|f| JsonCheck {
+        schema: match f {
+            OutputFormat::Schema(s) => Some(s.clone()),
+            OutputFormat::JsonObject => None,
+        },
+        retry: Some(req.clone()),
+    });
     let rx = r.instance.submit(req);
     let load_duration = if was_resident { Duration::ZERO } else { r.load_duration };
     let labels = Metrics::model(&entry.name);
@@ -199,6 +411,9 @@ pub async fn start(
         last: None,
         metrics: Arc::clone(&state.metrics),
         labels,
+        think: split_think.then(ThinkSplitter::default),
+        ready: VecDeque::new(),
+        check,
     })
 }
 

@@ -6,12 +6,15 @@
 //!  /healthz /readyz /metrics / ┘  (no auth for health and GET|HEAD /)
 //! ```
 
+pub mod embed;
 pub mod error;
 pub mod infer;
+pub mod jsoncheck;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
 pub mod schema;
+pub mod think;
 
 use std::{
     sync::{
@@ -54,6 +57,8 @@ pub struct AppState {
     pub default_model: Option<String>,
     /// False until start-up work (default model load) is done, and again while shutting down.
     pub ready: Arc<AtomicBool>,
+    /// The board: facts, tuning, telemetry.
+    pub node: Option<Arc<crate::node::Node>>,
 }
 
 #[derive(OpenApi)]
@@ -70,6 +75,7 @@ pub struct AppState {
         openai::load_model,
         openai::unload_model,
         openai::loaded_models,
+        embed::openai_embeddings,
         ollama::chat,
         ollama::generate,
         ollama::tags,
@@ -78,9 +84,11 @@ pub struct AppState {
         ollama::version,
         ollama::delete,
         ollama::pull,
+        embed::ollama_embed,
         ops::healthz,
         ops::readyz,
         ops::metrics,
+        ops::status,
         ops::root,
     ),
     components(schemas(
@@ -95,6 +103,8 @@ pub struct AppState {
         ollama::ShowRequest,
         ollama::DeleteRequest,
         ollama::PullRequest,
+        embed::EmbeddingRequest,
+        embed::EmbedRequest,
     ))
 )]
 pub struct ApiDoc;
@@ -108,6 +118,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embed::openai_embeddings))
+        .route("/api/embed", post(embed::ollama_embed))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/loaded", get(openai::loaded_models))
         .route("/v1/models/load", post(openai::load_model))
@@ -124,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/internal/v1/status", get(ops::status))
         .route("/openapi.json", get(ops::openapi))
         .route("/", get(ops::root).head(ops::root))
         .fallback(not_found)

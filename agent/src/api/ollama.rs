@@ -110,7 +110,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s / 60 % 60, s % 60, d.subsec_nanos())
 }
 
-fn parse_keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, AppError> {
+pub(super) fn parse_keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, AppError> {
     v.filter(|v| !v.is_null()).map(KeepAlive::from_json).transpose().map_err(|m| AppError::bad("keep_alive", m))
 }
 
@@ -124,10 +124,14 @@ fn parse_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
     }
 }
 
-fn refuse_think(v: Option<&Value>, model: &str) -> Result<(), AppError> {
+/// Ollama `think`: `true` or a level asks for reasoning; whether the model can is checked once
+/// it is loaded (`infer::start`).
+fn parse_think(v: Option<&Value>) -> Result<bool, AppError> {
     match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
-        _ => Err(AppError::bad("think", format!("\"{model}\" does not support thinking"))),
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(Value::String(l)) if ["low", "medium", "high"].contains(&l.as_str()) => Ok(true),
+        Some(_) => Err(AppError::bad("think", "think must be a boolean or one of low, medium, high")),
     }
 }
 
@@ -179,13 +183,14 @@ pub async fn chat(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<ChatRequest>,
 ) -> Result<Response, OllamaError> {
-    let entry = infer::find_model(&st, &req.model)?;
-    refuse_think(req.think.as_ref(), &req.model)?;
+    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    let think = parse_think(req.think.as_ref())?;
     let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
     if req.messages.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, false).await?);
     }
-    let params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
+    let mut params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
+    (params.think, params.adapter) = (think, adapter);
     let messages = infer::normalize_messages(&req.messages)?;
     let tools = req.tools.filter(|t| !t.is_empty()).map(Value::Array);
     let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
@@ -199,8 +204,8 @@ pub async fn generate(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<GenerateRequest>,
 ) -> Result<Response, OllamaError> {
-    let entry = infer::find_model(&st, &req.model)?;
-    refuse_think(req.think.as_ref(), &req.model)?;
+    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    let think = parse_think(req.think.as_ref())?;
     let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
     if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
         return Err(AppError::bad("images", "images are not supported by this model").into());
@@ -214,7 +219,8 @@ pub async fn generate(
     if req.prompt.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, true).await?);
     }
-    let params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
+    let mut params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
+    (params.think, params.adapter) = (think, adapter);
     let prompt = if req.raw.unwrap_or(false) {
         Prompt::Text(req.prompt)
     } else {
@@ -272,7 +278,14 @@ async fn respond(run: Running, stream: bool, kind: Kind) -> Result<Response, Oll
     let names = run.tool_names.clone();
     let (load, started) = (run.load_duration, run.started);
     let done = run.collect().await?;
-    Ok(Json(final_object(kind, &model, &done.text, done.reason, &done.perf, load, started, &names)).into_response())
+    let mut v = final_object(kind, &model, &done.text, done.reason, &done.perf, load, started, &names);
+    if !done.reasoning.is_empty() {
+        match kind {
+            Kind::Chat => v["message"]["thinking"] = json!(done.reasoning),
+            Kind::Generate => v["thinking"] = json!(done.reasoning),
+        }
+    }
+    Ok(Json(v).into_response())
 }
 
 fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
@@ -282,6 +295,7 @@ fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
         let mut held = String::new();
         while let Some(ev) = run.next().await {
             match ev {
+                Event::Reasoning { text } => yield thinking_piece(kind, &model, &text),
                 Event::Token { text, .. } if buffering => held.push_str(&text),
                 Event::Token { text, .. } => yield piece(kind, &model, &text),
                 Event::Done { reason, perf } => {
@@ -313,6 +327,16 @@ fn piece(kind: Kind, model: &str, text: &str) -> Value {
     match kind {
         Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
         Kind::Generate => v["response"] = json!(text),
+    }
+    v
+}
+
+/// A streamed piece of reasoning: `message.thinking` (chat) or `thinking` (generate).
+fn thinking_piece(kind: Kind, model: &str, text: &str) -> Value {
+    let mut v = piece(kind, model, "");
+    match kind {
+        Kind::Chat => v["message"]["thinking"] = json!(text),
+        Kind::Generate => v["thinking"] = json!(text),
     }
     v
 }

@@ -93,6 +93,12 @@ pub struct ChatCompletionRequest {
     /// function forces a call (grammar-constrained).
     #[schema(schema_with = super::schema::tool_choice)]
     pub tool_choice: Option<Value>,
+    /// Ask a reasoning model to think first (`minimal`/`low`/`medium`/`high`; `none` = off).
+    /// The reasoning comes back as `reasoning_content`.
+    #[schema(value_type = Option<String>, example = "low")]
+    pub reasoning_effort: Option<String>,
+    /// The same switch under the name Rockchip's RKLLM server uses.
+    pub enable_thinking: Option<bool>,
     #[serde(flatten)]
     pub sampling: OaiSampling,
 }
@@ -201,9 +207,22 @@ pub async fn chat_completions(
     State(st): State<AppState>,
     OaiJson(req): OaiJson<ChatCompletionRequest>,
 ) -> Result<Response, OaiError> {
-    let entry = infer::find_model(&st, &req.model)?;
+    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
     let mut params = GenParams::for_model(&entry);
+    params.adapter = adapter;
     apply_sampling(&req.sampling, &mut params)?;
+    params.think = match req.reasoning_effort.as_deref() {
+        None => req.enable_thinking.unwrap_or(false),
+        Some("none") => false,
+        Some("minimal" | "low" | "medium" | "high") => true,
+        Some(other) => {
+            return Err(AppError::bad(
+                "reasoning_effort",
+                format!("reasoning_effort {other:?} is not one of none, minimal, low, medium, high"),
+            )
+            .into());
+        }
+    };
     if let Some(m) = req.max_completion_tokens.or(req.max_tokens) {
         if m == 0 {
             return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
@@ -233,6 +252,9 @@ pub async fn chat_completions(
     let (content, calls) =
         if tool_names.is_empty() { (done.text, Vec::new()) } else { tools::parse(&done.text, &tool_names) };
     let mut message = json!({"role": "assistant", "content": content});
+    if !done.reasoning.is_empty() {
+        message["reasoning_content"] = json!(done.reasoning);
+    }
     let finish = if calls.is_empty() {
         finish_reason(done.reason)
     } else {
@@ -267,6 +289,7 @@ fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream
         let mut held = String::new();
         while let Some(ev) = run.next().await {
             match ev {
+                Event::Reasoning { text } => yield Ok(data(&chunk(json!({"reasoning_content": text}), None))),
                 Event::Token { text, .. } if buffering => held.push_str(&text),
                 Event::Token { text, .. } => yield Ok(data(&chunk(json!({"content": text}), None))),
                 Event::Done { reason, perf } => {
@@ -310,7 +333,7 @@ pub async fn completions(
     State(st): State<AppState>,
     OaiJson(req): OaiJson<CompletionRequest>,
 ) -> Result<Response, OaiError> {
-    let entry = infer::find_model(&st, &req.model)?;
+    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
@@ -326,6 +349,7 @@ pub async fn completions(
         return Err(AppError::bad("suffix", "suffix is not supported").into());
     }
     let mut params = GenParams::for_model(&entry);
+    params.adapter = adapter;
     apply_sampling(&req.sampling, &mut params)?;
     if req.max_tokens == Some(0) {
         return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
@@ -369,7 +393,7 @@ fn completion_stream(
         }
         while let Some(ev) = run.next().await {
             match ev {
-                Event::Token { text, .. } => yield Ok(data(&chunk(&text, None))),
+                Event::Token { text, .. } | Event::Reasoning { text } => yield Ok(data(&chunk(&text, None))),
                 Event::Done { reason, perf } => {
                     let mut last = chunk("", Some(finish_reason(reason)));
                     last["timings"] = timings(&perf);

@@ -38,6 +38,7 @@ use llama_cpp_2::{
 };
 use tokio::sync::mpsc;
 
+use super::stop::take_utf8;
 use super::{
     Engine, EngineError, Event, FinishReason, GenRequest, Instance, LoadSpec, ModelFacts, Perf,
     stop::{StopMatcher, StopOutcome},
@@ -125,8 +126,8 @@ impl Instance for LlamaInstance {
         rx
     }
 
-    fn count_tokens(&self, text: &str) -> usize {
-        tokenize(&self.model, text).len()
+    fn count_tokens(&self, text: &str) -> Option<usize> {
+        Some(tokenize(&self.model, text).len())
     }
 
     fn facts(&self) -> &ModelFacts {
@@ -220,6 +221,7 @@ fn worker(
         n_ctx_train: model.n_ctx_train(),
         n_params: model.n_params(),
         size_bytes: model.size() + kv_bytes,
+        thinking: false,
     };
     if ready.send(Ok(facts)).is_err() {
         return;
@@ -500,29 +502,6 @@ fn on_token(model: &LlamaModel, a: &mut Active, tok: LlamaToken, used: u32, n_ct
 fn send_text(a: &Active, text: String, tok: LlamaToken) {
     if !text.is_empty() {
         let _ = a.tx.send(Event::Token { text, id: tok.0 });
-    }
-}
-
-/// Splits off the longest valid UTF-8 prefix; an incomplete trailing sequence stays buffered.
-/// Bytes that can never become valid are replaced rather than held forever.
-fn take_utf8(buf: &mut Vec<u8>) -> String {
-    match std::str::from_utf8(buf) {
-        Ok(s) => {
-            let s = s.to_owned();
-            buf.clear();
-            s
-        }
-        Err(e) if e.error_len().is_none() => {
-            let valid = e.valid_up_to();
-            let s = String::from_utf8_lossy(&buf[..valid]).into_owned();
-            buf.drain(..valid);
-            s
-        }
-        Err(_) => {
-            let s = String::from_utf8_lossy(buf).into_owned();
-            buf.clear();
-            s
-        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod llama;
+pub mod rkllm;
 pub mod sampling;
 pub mod stop;
 
@@ -48,6 +49,30 @@ pub struct Perf {
     pub generate_ms: f64,
     /// Time spent waiting in the queue before the engine picked the request up.
     pub queue_ms: f64,
+    /// Peak memory the runtime reported for the run (RKLLM `memory_usage_mb`), when it reports one.
+    pub memory_mb: Option<f32>,
+    /// What happened with an on-disk prompt cache (RKLLM).
+    pub prompt_cache: Option<PromptCacheUse>,
+}
+
+/// Use of an on-disk prompt-cache file by one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptCacheUse {
+    /// An existing file was loaded before the run.
+    Loaded,
+    /// The run wrote a new file.
+    Created,
+}
+
+/// A conversation for engines that apply the model's chat template themselves (RKLLM).
+#[derive(Debug, Clone, Default)]
+pub struct ChatInput {
+    /// The system prompt ("" for none).
+    pub system: String,
+    /// Normalised messages without the system message.
+    pub messages: Vec<serde_json::Value>,
+    /// The OpenAI tool array, when the request offers tools.
+    pub tools: Option<serde_json::Value>,
 }
 
 /// One generation request, already rendered to a prompt string by the API layer.
@@ -64,6 +89,22 @@ pub struct GenRequest {
     pub grammar: Option<String>,
     /// Keep generating past end-of-generation tokens (benchmarks only).
     pub ignore_eos: bool,
+    /// The conversation, set when the instance [renders chat itself](Instance::renders_chat);
+    /// `prompt` is then empty.
+    pub chat: Option<ChatInput>,
+    /// Reasoning asked for (Ollama `think`, OpenAI `reasoning_effort`, `enable_thinking`).
+    pub think: bool,
+    /// LoRA adapter selected with the model name `base:adapter`.
+    pub adapter: Option<String>,
+}
+
+/// Sentence embeddings of a batch of inputs.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// One L2-normalised vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens the engine evaluated, summed over the inputs.
+    pub prompt_tokens: u32,
 }
 
 /// What an instance sends back for one request.
@@ -73,6 +114,11 @@ pub enum Event {
     Token {
         text: String,
         id: i32,
+    },
+    /// Reasoning text. Engines send `Token`s only; the API layer splits a leading `<think>`
+    /// block into these so both APIs report it apart from the answer.
+    Reasoning {
+        text: String,
     },
     Done {
         reason: FinishReason,
@@ -93,6 +139,8 @@ pub struct ModelFacts {
     /// Text of the BOS / EOS tokens, which chat templates may write.
     pub bos: String,
     pub eos: String,
+    /// The model can reason in a `<think>` block on request.
+    pub thinking: bool,
 }
 
 /// How to load a model.
@@ -101,11 +149,19 @@ pub struct LoadSpec {
     pub path: PathBuf,
     /// Context window per parallel sequence.
     pub n_ctx: u32,
-    /// Sequences decoded together (slots).
+    /// Sequences decoded together (slots; RKLLM `n_batch`).
     pub parallel: u32,
     pub threads: u32,
     /// Reuse KV entries of a sequence for a prompt that extends what it already holds.
     pub prefix_cache: bool,
+    /// The model's catalog family (chooses an RKLLM chat-template override).
+    pub family: Option<String>,
+    /// Sampling fixed at load (RKLLM ABI 1.2 has no per-run sampling).
+    pub sampling: SamplingParams,
+    /// NPU memory domain (`base_domain_id`) for RKLLM instances.
+    pub domain: i32,
+    /// LoRA adapters to load: `(name, file)`.
+    pub loras: Vec<(String, PathBuf)>,
 }
 
 /// Errors an engine reports. One enum for the crate's engines; mapped to HTTP in `api::error`.
@@ -121,6 +177,15 @@ pub enum EngineError {
     Decode(String),
     #[error("the model instance has stopped")]
     Stopped,
+    /// The engine cannot do this for this model (embeddings on llama.cpp, an unknown adapter).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The NPU memory domain has no room for another instance (rknn-llm #437).
+    #[error("NPU memory exhausted: {0}")]
+    NpuMemory(String),
+    /// The runtime rejected the input during a run (for example more tokens than the context).
+    #[error("{0}")]
+    Input(String),
 }
 
 /// A loaded model. Cheap to clone; the engine thread stops when the last clone is dropped and
@@ -129,8 +194,25 @@ pub trait Instance: Send + Sync {
     /// Queue a request. The returned receiver yields the events; dropping it cancels the request
     /// within one decode step.
     fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event>;
-    /// Count the tokens of `text` as the model's tokenizer would (special tokens parsed).
-    fn count_tokens(&self, text: &str) -> usize;
+    /// Count the tokens of `text` as the model's tokenizer would (special tokens parsed);
+    /// `None` when the engine has no tokenizer of its own to ask (RKLLM tokenizes inside `run`).
+    fn count_tokens(&self, text: &str) -> Option<usize>;
+    /// Whether the engine applies the model's chat template itself and wants
+    /// [`GenRequest::chat`] instead of a rendered prompt.
+    fn renders_chat(&self) -> bool {
+        false
+    }
+    /// Whether a grammar can constrain decoding; without it JSON output is validated afterwards.
+    fn constrains_output(&self) -> bool {
+        true
+    }
+    /// Mean-pooled, L2-normalised embeddings of `inputs`.
+    fn embed(&self, inputs: Vec<String>) -> tokio::sync::oneshot::Receiver<Result<Embeddings, EngineError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = inputs;
+        let _ = tx.send(Err(EngineError::Unsupported("this model's engine does not produce embeddings".into())));
+        rx
+    }
     fn facts(&self) -> &ModelFacts;
     /// Requests the engine is generating for right now (its own view, after cancellations).
     fn busy(&self) -> usize;

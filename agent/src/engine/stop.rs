@@ -62,6 +62,29 @@ impl StopMatcher {
     }
 }
 
+/// Splits off the longest valid UTF-8 prefix; an incomplete trailing sequence stays buffered.
+/// Bytes that can never become valid are replaced rather than held forever.
+pub fn take_utf8(buf: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(buf) {
+        Ok(s) => {
+            let s = s.to_owned();
+            buf.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            let valid = e.valid_up_to();
+            let s = String::from_utf8_lossy(&buf[..valid]).into_owned();
+            buf.drain(..valid);
+            s
+        }
+        Err(_) => {
+            let s = String::from_utf8_lossy(buf).into_owned();
+            buf.clear();
+            s
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,26 @@
+//! Raw bindings to `librkllmrt.so`, one module per runtime ABI (`reference/rkllm-abi.md` §3).
+//!
+//! The runtime's structs change size between minor versions and a stale layout segfaults
+//! (rknn-llm #509), so every struct carries compile-time size and offset asserts taken from the
+//! reference's LP64 tables. Types shared by 1.2.1–1.3.0 live in [`common`]; [`v1_2`] and
+//! [`v1_3`] hold what differs. Nothing here is called directly by the engine: [`super::rt`]
+//! wraps it.
+
+pub mod common;
+pub mod v1_2;
+pub mod v1_3;
+
+/// Asserts a field offset at compile time.
+macro_rules! off {
+    ($t:ty, $f:ident, $n:expr) => {
+        const _: () = assert!(::std::mem::offset_of!($t, $f) == $n);
+    };
+}
+/// Asserts a struct size at compile time.
+macro_rules! size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(::std::mem::size_of::<$t>() == $n);
+    };
+}
+pub(crate) use off;
+pub(crate) use size;

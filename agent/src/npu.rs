@@ -1,0 +1,78 @@
+//! Command-line side of the NPU engine: which `librkllmrt.so`, which ABI, and how RKLLM
+//! instances are configured. Opening the runtime happens once at start; when it fails under
+//! `--engine auto` the agent still serves GGUF models and answers requests for `.rkllm` models
+//! with the reason.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+
+use crate::engine::{
+    Engine,
+    rkllm::{self, AbiChoice, PromptCacheDir, RkllmEngine, RkllmOptions, Runtime},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct NpuArgs {
+    /// The RKLLM runtime library. Default: the first of /usr/lib, /usr/local/lib,
+    /// /usr/lib/aarch64-linux-gnu that has librkllmrt.so.
+    #[arg(long, env = "ROCKCHIP_LLAMA_RKLLM_LIB")]
+    pub rkllm_lib: Option<PathBuf>,
+    /// Runtime ABI: `auto` reads the version the library embeds; `1.2` or `1.3` only for a
+    /// library whose version cannot be read (a contradicting override is refused).
+    #[arg(long, env = "ROCKCHIP_LLAMA_RKLLM_ABI", default_value = "auto")]
+    pub rkllm_abi: AbiChoice,
+    /// NPU memory domains (`base_domain_id` 0..n) that RKLLM instances are spread over.
+    #[arg(long, env = "ROCKCHIP_LLAMA_NPU_DOMAINS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub npu_domains: u32,
+    /// With `n_batch` > 1: how long a batch waits for more queued requests after the first.
+    #[arg(long, env = "ROCKCHIP_LLAMA_RKLLM_BATCH_WAIT_MS", default_value_t = 20)]
+    pub rkllm_batch_wait_ms: u64,
+    /// Keep word embeddings in the model file instead of RAM (`embed_flash`, as the vendor demos).
+    #[arg(long, env = "ROCKCHIP_LLAMA_RKLLM_EMBED_FLASH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rkllm_embed_flash: bool,
+    /// Save and reuse RKLLM prompt-cache files for system prompts (`--prompt-cache=false` to disable).
+    #[arg(long, env = "ROCKCHIP_LLAMA_PROMPT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prompt_cache: bool,
+    /// Where prompt-cache files live (default: `<models-dir>/.prompt-cache`).
+    #[arg(long, env = "ROCKCHIP_LLAMA_PROMPT_CACHE_DIR")]
+    pub prompt_cache_dir: Option<PathBuf>,
+    /// Prompt-cache files kept on disk; the least recently used go first.
+    #[arg(long, env = "ROCKCHIP_LLAMA_PROMPT_CACHE_FILES", default_value_t = 32)]
+    pub prompt_cache_files: usize,
+}
+
+/// The runtime library to open: the flag, else the first default path.
+pub fn lib_path(args: &NpuArgs) -> Result<PathBuf, String> {
+    match &args.rkllm_lib {
+        Some(p) => Ok(p.clone()),
+        None => rkllm::find_lib().ok_or_else(|| {
+            format!("no RKLLM runtime found (looked in {}); set --rkllm-lib", rkllm::DEFAULT_LIB_PATHS.join(", "))
+        }),
+    }
+}
+
+/// Opens the runtime named by the flags.
+pub fn open_runtime(args: &NpuArgs) -> Result<Arc<Runtime>, String> {
+    let path = lib_path(args)?;
+    Runtime::open(&path, args.rkllm_abi).map(Arc::new)
+}
+
+/// The RKLLM engine, with instances pinned to `cpus` (the board's big cores).
+pub fn engine(rt: Arc<Runtime>, args: &NpuArgs, models_dir: &std::path::Path, cpus_mask: u32) -> Arc<dyn Engine> {
+    let prompt_cache = args.prompt_cache.then(|| PromptCacheDir {
+        dir: args.prompt_cache_dir.clone().unwrap_or_else(|| models_dir.join(".prompt-cache")),
+        max_files: args.prompt_cache_files.max(1),
+    });
+    let (mask, num) = if cpus_mask == 0 { (0xF0, 4) } else { (cpus_mask, cpus_mask.count_ones() as i8) };
+    Arc::new(RkllmEngine::new(
+        rt,
+        RkllmOptions {
+            cpus_mask: mask,
+            cpus_num: num,
+            embed_flash: args.rkllm_embed_flash,
+            prompt_cache,
+            batch_wait: Duration::from_millis(args.rkllm_batch_wait_ms),
+        },
+    ))
+}
