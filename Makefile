@@ -17,6 +17,8 @@ step = @printf '\n==> %s\n' "$(1)"
 include hack/k8s.mk
 # make bench: agent vs llama.cpp's llama-server side by side; writes docs/bench/.
 include hack/bench/bench.mk
+# make rkllm-sim: the ABI-exact stand-in for librkllmrt.so (both ABIs) and simulated models.
+include hack/rkllm-sim/sim.mk
 
 .PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz help
 
@@ -50,6 +52,7 @@ lint: deps
 	cargo fmt --all -- --check
 	$(call step,cargo clippy)
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release -p rkllm-sim --features abi13 --all-targets --target-dir $(CARGO_TARGET_DIR)/rkllm-sim-1.3 -- -D warnings
 
 # The committed OpenAPI document must match what the code generates.
 check-openapi: build
@@ -63,9 +66,14 @@ generate-openapi: build
 test-rust: deps
 	$(call step,fetching test models)
 	@hack/fetch-models.sh >/dev/null
-	$(call step,cargo test (unit + agent integration over real TCP))
+	$(call step,building rkllm-sim (ABI 1.2 and 1.3) and its simulated models)
+	@$(MAKE) -s rkllm-sim >/dev/null
+	$(call step,cargo test (unit + agent integration over real TCP; RKLLM through rkllm-sim))
 	ROCKCHIP_LLAMA_TEST_MODELS="$$(hack/fetch-models.sh | paste -sd:)" \
+	ROCKCHIP_LLAMA_TEST_RKLLM="$$($(MAKE) -s rkllm-sim 2>/dev/null | paste -sd:)" \
 	  cargo test --release --workspace -- --test-threads=1
+	$(call step,rkllm-sim unit tests for ABI 1.3 (the workspace run covers ABI 1.2))
+	cargo test --release -p rkllm-sim --features abi13 --target-dir $(CARGO_TARGET_DIR)/rkllm-sim-1.3
 
 test-compat: build
 	$(call step,compatibility: official openai and ollama Python clients against a live agent)

@@ -94,9 +94,12 @@ fn platform_in_name(file: &str) -> Option<&'static str> {
 }
 
 fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, probe: bool) -> Check {
-    let name = format!("{} ({})", m.name, m.file_name);
+    // The file name is the check's name (it is what the user sees on disk); the model name
+    // clients use goes in the detail.
+    let name = m.file_name.clone();
+    let m_name = &m.name;
     if m.format == Format::Gguf {
-        return Check::ok(name, format!("GGUF on the CPU engine (llama.cpp), context {}", m.context));
+        return Check::ok(name, format!("\"{m_name}\": GGUF on the CPU engine (llama.cpp), context {}", m.context));
     }
     if let (Some(max), ctx) = (m.context_max, m.context)
         && ctx > max
@@ -116,7 +119,7 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         return Check::warn(name, format!("context {}; not loadable here: no RKLLM runtime", m.context));
     };
     if !probe {
-        return Check::ok(name, format!("RKLLM, context {} (use --probe-models to load it once)", m.context));
+        return Check::ok(name, format!("\"{m_name}\": RKLLM, context {} (--probe-models loads it once)", m.context));
     }
     let spec = LoadSpec {
         path: m.path.clone(),
@@ -130,7 +133,7 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         loras: Vec::new(),
     };
     match engine.load(&spec) {
-        Ok(_) => Check::ok(name, format!("loaded with context {} and unloaded", m.context)),
+        Ok(_) => Check::ok(name, format!("\"{m_name}\": loaded with context {} and unloaded", m.context)),
         Err(e) => Check::fail(name, e.to_string()),
     }
 }

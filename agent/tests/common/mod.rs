@@ -34,6 +34,48 @@ pub fn gemma() -> PathBuf {
 
 pub const SMOL: &str = "smollm2-135m-instruct";
 
+/// What `make rkllm-sim` built (`ROCKCHIP_LLAMA_TEST_RKLLM`, colon-separated): the ABI 1.2
+/// library, the ABI 1.3 library, then the simulated model files.
+pub struct Sim {
+    pub lib12: PathBuf,
+    pub lib13: PathBuf,
+    pub models: Vec<PathBuf>,
+}
+
+pub fn sim() -> Sim {
+    let v = std::env::var("ROCKCHIP_LLAMA_TEST_RKLLM")
+        .expect("ROCKCHIP_LLAMA_TEST_RKLLM is not set: run the tests through `make test` (it builds rkllm-sim)");
+    let mut it = v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from);
+    let (lib12, lib13) = (it.next().expect("1.2 library"), it.next().expect("1.3 library"));
+    Sim { lib12, lib13, models: it.collect() }
+}
+
+impl Sim {
+    /// The model file whose name starts with `prefix` (e.g. `Qwen3-0.6B-sim_w8a8_rk3588`).
+    pub fn model(&self, prefix: &str) -> PathBuf {
+        self.models
+            .iter()
+            .find(|m| m.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no simulated model {prefix} in {:?}", self.models))
+            .clone()
+    }
+
+    /// Both ABIs, for tests that run once per ABI.
+    pub fn libs(&self) -> [(&'static str, PathBuf); 2] {
+        [("1.2", self.lib12.clone()), ("1.3", self.lib13.clone())]
+    }
+}
+
+/// Reads a trace file written by rkllm-sim (`RKLLM_SIM_TRACE`).
+pub fn trace_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// The `key=value` field of a trace line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh directory under the system temp dir.
@@ -66,12 +108,28 @@ impl Agent {
     }
 
     pub async fn start_in(dir: PathBuf, extra: &[&str]) -> Self {
+        Self::start_in_env(dir, extra, &[]).await
+    }
+
+    /// Starts with models symlinked in, extra flags and extra environment variables.
+    pub async fn start_env(models: &[PathBuf], extra: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = temp_dir("agent");
+        let models_dir = dir.join("models");
+        std::fs::create_dir_all(&models_dir).unwrap();
+        for m in models {
+            std::os::unix::fs::symlink(m, models_dir.join(m.file_name().unwrap())).unwrap();
+        }
+        Self::start_in_env(dir, extra, env).await
+    }
+
+    pub async fn start_in_env(dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rockchip-llama-agent"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--threads", "2"])
             .arg("--models-dir")
             .arg(dir.join("models"))
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("ROCKCHIP_LLAMA_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -250,10 +250,11 @@ impl RunClaim {
 
         let first = work.iter().find_map(|w| w.input.as_ref());
         h.trace.event(&format!(
-            "run handle={} n_batch={} keep_history={} mode={} role={} thinking={} input_tokens={} reused={} lora={} \
-             top_k={} top_p={} temperature={} max_new_tokens={}",
+            "run handle={} n_batch={} active={} keep_history={} mode={} role={} thinking={} input_tokens={} reused={} \
+             lora={} top_k={} top_p={} temperature={} max_new_tokens={}",
             h.id,
             work.len(),
+            work.iter().filter(|w| w.input.is_some()).count(),
             u8::from(keep_history),
             if req.hidden { "hidden" } else { "generate" },
             first.map_or("-", |i| i.role.as_str()),
