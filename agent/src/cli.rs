@@ -107,7 +107,7 @@ pub struct ServeArgs {
     /// Engine selection.
     #[arg(long, env = "ROCKCHIP_LLAMA_ENGINE", value_enum, default_value_t = EngineChoice::Auto)]
     pub engine: EngineChoice,
-    /// CPU threads for llama.cpp (default: all available cores).
+    /// CPU threads for llama.cpp (default: one per big core when the board reports them, else all cores).
     #[arg(long, env = "ROCKCHIP_LLAMA_THREADS")]
     pub threads: Option<u32>,
     /// Reuse KV-cache entries of a prompt prefix already evaluated (`--prefix-cache=false` to
@@ -228,10 +228,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         parallel,
         max_queue,
         memory_budget: sched::parse_size(&memory_budget).map_err(anyhow::Error::msg)?,
-        threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32)),
+        // Default: one llama.cpp thread per big core where the board says which those are.
+        threads: threads.unwrap_or_else(|| match node.info.big_cores().len() {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            n => n as u32,
+        }),
         prefix_cache,
         default_keep_alive,
         npu_domains: npu.npu_domains,
+        big_cores: node.info.big_cores(),
     };
     let registry = Arc::new(registry(&models)?);
     tracing::info!(dir = %models.models_dir.display(), models = registry.list().len(), "models discovered");

@@ -131,6 +131,7 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         sampling: m.settings.sampling.clone(),
         domain: 0,
         loras: Vec::new(),
+        cpus: Vec::new(),
     };
     match engine.load(&spec) {
         Ok(_) => Check::ok(name, format!("\"{m_name}\": loaded with context {} and unloaded", m.context)),

@@ -45,6 +45,8 @@ pub struct SchedOptions {
     pub default_keep_alive: KeepAlive,
     /// NPU memory domains (`base_domain_id` 0..n) RKLLM instances are spread over.
     pub npu_domains: u32,
+    /// The board's big cores, for llama.cpp thread affinity (empty = not pinned).
+    pub big_cores: Vec<usize>,
 }
 
 /// The engines this agent has. RKLLM is absent when its runtime did not load; the reason is
@@ -326,6 +328,7 @@ impl Scheduler {
             sampling: entry.settings.sampling.clone(),
             domain: if rkllm { self.free_domain() } else { 0 },
             loras,
+            cpus: self.opts.big_cores.clone(),
         };
         if let Some(f) = self.before_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             f();

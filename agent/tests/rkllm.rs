@@ -261,7 +261,7 @@ async fn prompt_cache_file_is_created_then_reused_with_shorter_prefill() {
     let ask = |sys: String, q: &str| json!({"model": QWEN, "max_tokens": 4, "messages": [{"role": "system", "content": sys}, {"role": "user", "content": q}]});
     let (s, r1) = a.post("/v1/chat/completions", &ask(long("ships"), "What is a keel?")).await;
     assert_eq!(s, 200, "{r1}");
-    let dir = models_dir(&a).join(".prompt-cache");
+    let dir = models_dir(a).join(".prompt-cache");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "one file for the ships prompt");
     assert_eq!(a.metric("rockchip_llama_prompt_cache_creates_total", QWEN).await, 1.0);
     let (_, _) = a.post("/v1/chat/completions", &ask(long("trains"), "What is a bogie?")).await;

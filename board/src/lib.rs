@@ -18,6 +18,7 @@
 //! (no `dmc` node, no debugfs, no device tree on a laptop) are `None`, never errors: the agent
 //! must start on any Linux machine and fall back to the CPU engine.
 
+mod affinity;
 mod detect;
 mod doctor;
 pub mod fixture;
@@ -28,6 +29,7 @@ mod tune;
 
 use std::{io, path::PathBuf};
 
+pub use affinity::pin_current_thread;
 pub use detect::{BoardInfo, CpuPolicy, DevfreqNode, NpuDriver, Soc, Version};
 pub use doctor::{Check, Status, board_checks, render, worst};
 pub use limits::{NofileOutcome, VENDOR_NOFILE, raise_nofile};

@@ -188,6 +188,13 @@ fn worker(
     ready: &std_mpsc::Sender<Result<ModelFacts, EngineError>>,
     busy: &AtomicUsize,
 ) {
+    // Before llama.cpp starts its compute threads, which inherit this thread's affinity.
+    if !spec.cpus.is_empty() {
+        match board::pin_current_thread(&spec.cpus) {
+            Ok(cpus) => tracing::info!(?cpus, "llama.cpp threads pinned to the big cores"),
+            Err(e) => tracing::warn!(error = %e, "llama.cpp threads not pinned"),
+        }
+    }
     let parallel = spec.parallel.max(1);
     let threads = i32::try_from(spec.threads.max(1)).unwrap_or(1);
     let params = LlamaContextParams::default()

@@ -162,6 +162,8 @@ pub struct LoadSpec {
     pub domain: i32,
     /// LoRA adapters to load: `(name, file)`.
     pub loras: Vec<(String, PathBuf)>,
+    /// CPUs the engine's threads run on (the board's big cores); empty = no pinning.
+    pub cpus: Vec<usize>,
 }
 
 /// Errors an engine reports. One enum for the crate's engines; mapped to HTTP in `api::error`.
