@@ -173,6 +173,9 @@ def markdown_report(results: dict, md_table: str) -> str:
         f"git `{results['git']}`, total runtime {fmt(results['runtime_s'] / 60, 1)} min. "
         "Raw numbers: [`results.json`](results.json).",
         "",
+        "The NPU engine (RKLLM, measured against rkllm-sim: agent overhead, concurrency, n_batch, prompt "
+        "cache) is in [`npu.md`](npu.md) (`make bench-npu`, also run by `make bench`).",
+        "",
         "**Caveat:** this VM drifts ±15 % within minutes, so absolute tok/s are only indicative; the "
         "ratios are what counts. They are computed per round from runs interleaved in one invocation "
         f"(round order alternates theirs/ours, ours/theirs …; {c['rounds']} rounds × {c['reps']} requests per "
@@ -219,7 +222,8 @@ def markdown_report(results: dict, md_table: str) -> str:
         "`cache_prompt` true vs false (two instances, interleaved).",
         "",
         "Reproduce: `make bench` (≈ 20 min cold incl. the llama-server build, "
-        f"≈ {fmt(results['runtime_s'] / 60, 0)} min warm). Logs of every server: `~/.cache/rockchip-llama/bench/logs/`.",
+        f"≈ {fmt(results['runtime_s'] / 60, 0)} min warm; then `make bench` runs `make bench-npu`, ≈ 3 min more). "
+        "Logs of every server: `~/.cache/rockchip-llama/bench/logs/`.",
         "",
         "## Quality details",
         "",
