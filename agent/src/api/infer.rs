@@ -113,6 +113,8 @@ pub struct Running {
     ready: VecDeque<Event>,
     /// JSON to check after the fact, with the request to retry once.
     check: Option<JsonCheck>,
+    /// An engine event read ahead by [`start`], handed out before the channel's next one.
+    pending: Option<Event>,
 }
 
 struct JsonCheck {
@@ -144,7 +146,7 @@ impl Running {
             if let Some(ev) = self.ready.pop_front() {
                 break ev;
             }
-            let ev = self.rx.recv().await?;
+            let ev = self.recv_raw().await?;
             self.split(ev);
         };
         let now = Instant::now();
@@ -174,6 +176,13 @@ impl Running {
         Some(ev)
     }
 
+    async fn recv_raw(&mut self) -> Option<Event> {
+        match self.pending.take() {
+            Some(ev) => Some(ev),
+            None => self.rx.recv().await,
+        }
+    }
+
     /// Queues an engine event, splitting reasoning from answer text.
     fn split(&mut self, ev: Event) {
         match (ev, &mut self.think) {
@@ -200,7 +209,7 @@ impl Running {
             let mut reasoning = String::new();
             let mut text = String::new();
             let mut end = None;
-            while let Some(ev) = self.rx.recv().await {
+            while let Some(ev) = self.recv_raw().await {
                 self.split(ev);
                 while let Some(ev) = self.ready.pop_front() {
                     match ev {
@@ -399,7 +408,17 @@ pub async fn start(
         },
         retry: Some(req.clone()),
     });
-    let rx = r.instance.submit(req);
+    let mut rx = r.instance.submit(req);
+    // An engine that could not count the prompt (RKLLM) rejects an over-long one when the run
+    // starts: wait for its first event so that error gets its status code, as the pre-check's
+    // does, rather than a 200 stream holding the error.
+    let pending = match n {
+        Some(_) => None,
+        None => match rx.recv().await {
+            Some(Event::Error(e)) => return Err(e.into()),
+            ev => ev,
+        },
+    };
     let load_duration = if was_resident { Duration::ZERO } else { r.load_duration };
     let labels = Metrics::model(&entry.name);
     Ok(Running {
@@ -414,6 +433,7 @@ pub async fn start(
         think: split_think.then(ThinkSplitter::default),
         ready: VecDeque::new(),
         check,
+        pending,
     })
 }
 
