@@ -72,6 +72,17 @@ test-rust: deps
 	ROCKCHIP_LLAMA_TEST_MODELS="$$(hack/fetch-models.sh | paste -sd:)" \
 	ROCKCHIP_LLAMA_TEST_RKLLM="$$($(MAKE) -s rkllm-sim 2>/dev/null | paste -sd:)" \
 	  cargo test --release --workspace -- --test-threads=1
+	$(call step,agent integration suites again on the RKLLM engine: rkllm-sim ABI 1.2, then 1.3)
+	@# --workspace, not -p: the same feature set as the run above, so its test binaries are reused
+	@# rather than the agent being compiled a second time.
+	for engine in rkllm-1.2 rkllm-1.3; do \
+	  echo "--- ROCKCHIP_LLAMA_TEST_ENGINE=$$engine"; \
+	  ROCKCHIP_LLAMA_TEST_ENGINE=$$engine \
+	  ROCKCHIP_LLAMA_TEST_MODELS="$$(hack/fetch-models.sh | paste -sd:)" \
+	  ROCKCHIP_LLAMA_TEST_RKLLM="$$($(MAKE) -s rkllm-sim 2>/dev/null | paste -sd:)" \
+	    cargo test --release --workspace --test openai --test ollama --test errors --test scheduling \
+	      --test config -- --test-threads=1 || exit 1; \
+	done
 	$(call step,rkllm-sim unit tests for ABI 1.3 (the workspace run covers ABI 1.2))
 	cargo test --release -p rkllm-sim --features abi13 --target-dir $(CARGO_TARGET_DIR)/rkllm-sim-1.3
 

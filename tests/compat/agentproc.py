@@ -8,6 +8,10 @@ smoke), so both run the binary the same way:
 TMP/models holds a symlink to the SmolLM2 GGUF (never a copy: 98 MB). The port is picked free on
 loopback; if the agent still loses the race for it, it is restarted on another one. Output goes to
 TMP/agent.log, whose tail is what a failing run prints.
+
+COMPAT_ENGINE picks the engine under test (`engine_setup()`): `llama` (default, SmolLM2 on
+llama.cpp) or `rkllm-1.2` / `rkllm-1.3` (the simulated Qwen3 0.6B on rkllm-sim built for that
+runtime ABI; paths from `make rkllm-sim`, or $ROCKCHIP_LLAMA_TEST_RKLLM as the Rust tests take them).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "smollm2-135m-instruct"
+ENGINES = ("llama", "rkllm-1.2", "rkllm-1.3")
 
 
 class AgentError(RuntimeError):
@@ -61,6 +67,60 @@ def default_model_path() -> Path:
     return Path(out.splitlines()[0])
 
 
+@dataclass(frozen=True)
+class EngineSetup:
+    """How to run the agent on one engine, and what the suites may expect of its model."""
+
+    engine: str  # a value of ENGINES
+    model_path: Path
+    model: str  # the friendly name
+    alias: str  # another name the model answers to
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rkllm(self) -> bool:
+        return self.engine != "llama"
+
+    @property
+    def format(self) -> str:
+        return "rkllm" if self.rkllm else "gguf"
+
+
+def rkllm_sim_paths() -> list[Path]:
+    """`make rkllm-sim`'s output: the ABI 1.2 library, the ABI 1.3 library, then the models."""
+    v = os.environ.get("ROCKCHIP_LLAMA_TEST_RKLLM")
+    if not v:
+        v = subprocess.run(
+            ["make", "-s", "--no-print-directory", "-C", str(ROOT), "rkllm-sim"],
+            check=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ).stdout.replace("\n", ":")
+    return [Path(p) for p in v.split(":") if p]
+
+
+def engine_setup(engine: str | None = None) -> EngineSetup:
+    """The setup for `engine` (default $COMPAT_ENGINE, else llama)."""
+    engine = engine or os.environ.get("COMPAT_ENGINE") or "llama"
+    if engine not in ENGINES:
+        raise AgentError(f"COMPAT_ENGINE={engine}: expected one of {', '.join(ENGINES)}")
+    if engine == "llama":
+        return EngineSetup(engine, default_model_path(), DEFAULT_MODEL, "smollm2:135m")
+    paths = rkllm_sim_paths()
+    lib = paths[0] if engine == "rkllm-1.2" else paths[1]
+    model = next(p for p in paths[2:] if p.name.startswith("Qwen3-0.6B-sim_w8a8_rk3588"))
+    return EngineSetup(
+        engine,
+        model,
+        "qwen3-0.6b-sim",
+        model.stem,  # a model also answers to its file name without the extension
+        ["--engine", "rkllm", "--rkllm-lib", str(lib)],
+        {"RKLLM_SIM_SPEEDUP": "20"},  # the simulator at 20x the vendor's speed
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -75,12 +135,14 @@ class Agent:
         workdir: Path,
         extra_args: list[str] | None = None,
         default_model: str = DEFAULT_MODEL,
+        env: dict[str, str] | None = None,
     ):
         self.binary = Path(binary)
         self.model_path = Path(model_path).resolve()
         self.workdir = Path(workdir)
         self.extra_args = list(extra_args or [])
         self.default_model = default_model
+        self.env = dict(env or {})
         self.models_dir = self.workdir / "models"
         self.log_path = self.workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
@@ -97,7 +159,9 @@ class Agent:
                 "(build it: cargo build --release -p rockchip-llama-agent, or set AGENT_BIN)"
             )
         if not self.model_path.is_file():
-            raise AgentError(f"model {self.model_path} not found (hack/fetch-models.sh smollm2)")
+            raise AgentError(
+                f"model {self.model_path} not found (hack/fetch-models.sh smollm2, make rkllm-sim)"
+            )
         self.models_dir.mkdir(parents=True, exist_ok=True)
         link = self.models_dir / self.model_path.name
         if not link.exists():
@@ -134,7 +198,7 @@ class Agent:
                 stdout=log,
                 stderr=log,
                 cwd=self.workdir,
-                env={**os.environ, "RUST_BACKTRACE": "1"},
+                env={**os.environ, "RUST_BACKTRACE": "1", **self.env},
                 preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + ready_timeout

@@ -1,8 +1,10 @@
 """One live agent for the whole session, plus the official clients pointed at it.
 
-Inputs (all optional; hack/test-compat.sh sets the first two):
+Inputs (all optional; hack/test-compat.sh sets the first three):
   AGENT_BIN   the agent binary (default $CARGO_TARGET_DIR/release/rockchip-llama-agent)
   MODEL_PATH  the SmolLM2 GGUF (default: first line of `hack/fetch-models.sh smollm2`)
+  COMPAT_ENGINE  llama (default) | rkllm-1.2 | rkllm-1.3: the engine under test; the RKLLM ones
+              serve the simulated Qwen3 0.6B through rkllm-sim (agentproc.engine_setup)
   COMPAT_KEEP_TMP=1  keep the agent's temp dir (models dir, log) after the run
 
 Generations stay short (max_tokens/num_predict <= 48, temperature 0): CI has 2 cores.
@@ -24,7 +26,7 @@ import ollama
 import openai
 import pytest
 
-from agentproc import DEFAULT_MODEL, Agent, default_agent_bin, default_model_path
+from agentproc import Agent, EngineSetup, default_agent_bin, engine_setup
 
 # Per-request client timeout (seconds); pytest-timeout bounds each test on top of this.
 CLIENT_TIMEOUT = 60
@@ -33,15 +35,33 @@ _agent: Agent | None = None
 
 
 @pytest.fixture(scope="session")
-def model_path() -> Path:
-    return default_model_path().resolve()
+def engine() -> EngineSetup:
+    return engine_setup()
 
 
 @pytest.fixture(scope="session")
-def agent(model_path: Path):
+def rkllm(engine: EngineSetup) -> bool:
+    """The suite runs on the NPU engine (rkllm-sim): its answers are deterministic word lists."""
+    return engine.rkllm
+
+
+@pytest.fixture(scope="session")
+def model_path(engine: EngineSetup) -> Path:
+    return engine.model_path.resolve()
+
+
+@pytest.fixture(scope="session")
+def agent(engine: EngineSetup, model_path: Path):
     global _agent
     workdir = Path(tempfile.mkdtemp(prefix="rl-compat-"))
-    a = Agent(default_agent_bin(), model_path, workdir)
+    a = Agent(
+        default_agent_bin(),
+        model_path,
+        workdir,
+        extra_args=engine.args,
+        default_model=engine.model,
+        env=engine.env,
+    )
     _agent = a
     try:
         a.start()
@@ -69,8 +89,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(scope="session")
-def model() -> str:
-    return DEFAULT_MODEL
+def model(engine: EngineSetup) -> str:
+    return engine.model
+
+
+@pytest.fixture(scope="session")
+def alias(engine: EngineSetup) -> str:
+    return engine.alias
 
 
 @pytest.fixture(scope="session")
@@ -111,16 +136,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="session")
-def gguf_origin(model_path: Path, tmp_path_factory):
-    """A loopback HTTP origin serving the GGUF; yields its base URL.
+def model_origin(model_path: Path, tmp_path_factory):
+    """A loopback HTTP origin serving the model file; yields its base URL.
 
-    The file is published under names of its own (symlinks: origin-a.gguf, origin-b.gguf), so a
-    pull must download it rather than find a same-named file already in the models dir, and the
-    stored name has to come from the request's `model`, not from the URL.
+    The file is published under names of its own (symlinks: origin-a.gguf, origin-b.gguf, or
+    .rkllm), so a pull must download it rather than find a same-named file already in the models
+    dir, and the stored name has to come from the request's `model`, not from the URL.
     """
     root = tmp_path_factory.mktemp("origin")
-    for name in ("origin-a.gguf", "origin-b.gguf"):
-        (root / name).symlink_to(model_path)
+    for name in ("origin-a", "origin-b"):
+        (root / (name + model_path.suffix)).symlink_to(model_path)
     handler = functools.partial(_QuietHandler, directory=str(root))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)

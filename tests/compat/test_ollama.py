@@ -38,32 +38,41 @@ def assert_done_counts(r, num_predict: int):
 # --- list / show / ps / version -------------------------------------------------------------
 
 
-def test_list(oll, model, model_path, model_sha256):
+def test_list(oll, model, model_path, model_sha256, engine):
     models = oll.list().models
     mine = [m for m in models if is_model(m.model, model)]
     assert len(mine) == 1, names(models)
     m = mine[0]
     assert m.size == os.path.getsize(model_path)
-    assert m.digest and model_sha256 in m.digest, m.digest
     assert m.modified_at is not None
     assert m.details is not None
-    assert m.details.format == "gguf"
-    assert m.details.family == "llama"
-    assert m.details.quantization_level == "Q4_1"
+    assert m.details.format == engine.format
+    if engine.rkllm:
+        # quantisation from the vendor's file-name convention; the simulated files have no
+        # catalog entry, so no digest and no family
+        assert m.details.quantization_level == "W8A8"
+    else:
+        assert m.digest and model_sha256 in m.digest, m.digest
+        assert m.details.family == "llama"
+        assert m.details.quantization_level == "Q4_1"
 
 
-def test_show(oll, model):
+def test_show(oll, model, engine):
     s = oll.show(model)
-    assert s.details.format == "gguf"
-    assert s.details.family == "llama"
+    assert s.details.format == engine.format
     assert s.modelinfo is not None, "model_info missing"
-    assert s.modelinfo.get("general.architecture") == "llama", dict(s.modelinfo)
-    assert s.template, "chat template missing"
     assert s.capabilities is None or "completion" in s.capabilities
+    if engine.rkllm:
+        # a .rkllm file's metadata and chat template stay inside the runtime (no API reads them)
+        assert s.modelinfo.get("general.architecture") == "rkllm", dict(s.modelinfo)
+    else:
+        assert s.details.family == "llama"
+        assert s.modelinfo.get("general.architecture") == "llama", dict(s.modelinfo)
+        assert s.template, "chat template missing"
 
 
-def test_show_alias(oll):
-    assert oll.show("smollm2:135m").details.format == "gguf"
+def test_show_alias(oll, alias, engine):
+    assert oll.show(alias).details.format == engine.format
 
 
 def test_show_unknown_is_404(oll):
@@ -96,13 +105,14 @@ def chat_reference(oll, model):
     return oll.chat(model=model, messages=MSGS, options=OPTS)
 
 
-def test_chat(chat_reference, model):
+def test_chat(chat_reference, model, rkllm):
     r = chat_reference
     assert is_model(r.model, model), r.model
     assert r.created_at
     assert r.message.role == "assistant"
     assert r.message.content.strip()
-    assert "4" in r.message.content
+    if not rkllm:  # rkllm-sim answers with words, not arithmetic
+        assert "4" in r.message.content
     assert_done_counts(r, 32)
 
 
@@ -193,10 +203,10 @@ def pull_url(oll, name: str, url: str, sha256: str, stream: bool):
     return oll._request(ProgressResponse, "POST", "/api/pull", json=body, stream=stream)
 
 
-def test_pull_by_url_then_delete(oll, model, gguf_origin, model_sha256, model_path):
+def test_pull_by_url_then_delete(oll, model, model_origin, model_sha256, model_path, engine):
     model_size = os.path.getsize(model_path)
-    name = "pulled-smollm2:test"
-    url = gguf_origin + "/origin-a.gguf"
+    name = "pulled-model:test"
+    url = model_origin + "/origin-a" + model_path.suffix
     try:
         progress = list(pull_url(oll, name, url, model_sha256, stream=True))
         assert progress, "no progress lines"
@@ -207,7 +217,7 @@ def test_pull_by_url_then_delete(oll, model, gguf_origin, model_sha256, model_pa
 
         listed = names(oll.list().models)
         assert name in listed, listed
-        assert oll.show(name).details.format == "gguf"
+        assert oll.show(name).details.format == engine.format
         r = oll.generate(model=name, prompt="Hi", options={"num_predict": 2, "temperature": 0})
         assert r.done and r.eval_count > 0
 
@@ -231,10 +241,11 @@ def test_pull_by_url_then_delete(oll, model, gguf_origin, model_sha256, model_pa
                     pass
 
 
-def test_pull_wrong_sha256_fails(oll, model, gguf_origin):
+def test_pull_wrong_sha256_fails(oll, model, model_origin, model_path):
     name = "pulled-bad-sha:test"
+    url = model_origin + "/origin-b" + model_path.suffix
     with pytest.raises(ollama.ResponseError):
-        list(pull_url(oll, name, gguf_origin + "/origin-b.gguf", "0" * 64, stream=True))
+        list(pull_url(oll, name, url, "0" * 64, stream=True))
     listed = names(oll.list().models)
     assert all(is_model(n, model) for n in listed), f"a failed pull left {listed}"
 

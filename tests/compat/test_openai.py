@@ -57,7 +57,7 @@ def chat_reference(oai, model):
     return oai.chat.completions.create(model=model, messages=CHAT, max_tokens=32, temperature=0)
 
 
-def test_chat(chat_reference, model):
+def test_chat(chat_reference, model, rkllm):
     r = chat_reference
     assert r.object == "chat.completion"
     assert r.id
@@ -72,8 +72,10 @@ def test_chat(chat_reference, model):
     assert_usage(r.usage, 32)
     if c.finish_reason == "length":
         assert r.usage.completion_tokens == 32
-    # SmolLM2 answers this one in well under 32 tokens (reference/cpu-engine.md §1)
-    assert "4" in c.message.content
+    # SmolLM2 answers this one in well under 32 tokens (reference/cpu-engine.md §1); rkllm-sim
+    # answers with words, not arithmetic
+    if not rkllm:
+        assert "4" in c.message.content
 
 
 def test_chat_is_deterministic_at_temperature_0(oai, model, chat_reference):
@@ -96,19 +98,21 @@ def test_chat_max_completion_tokens(oai, model):
     assert r.usage.completion_tokens == 4
 
 
-def test_chat_stop_sequence(oai, model):
+def test_chat_stop_sequence(oai, model, rkllm):
+    # SmolLM2 counts one number per line; rkllm-sim's answers are one line of words
+    stop = " " if rkllm else "\n"
     r = oai.chat.completions.create(
-        model=model, messages=LONG, max_tokens=32, temperature=0, stop=["\n"]
+        model=model, messages=LONG, max_tokens=32, temperature=0, stop=[stop]
     )
     c = r.choices[0]
     assert c.finish_reason == "stop"
-    assert "\n" not in c.message.content
+    assert stop not in c.message.content
     assert r.usage.completion_tokens < 32
 
 
-def test_chat_system_message_and_alias(oai):
+def test_chat_system_message_and_alias(oai, alias):
     r = oai.chat.completions.create(
-        model="smollm2:135m",
+        model=alias,
         messages=[
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello."},

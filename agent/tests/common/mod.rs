@@ -76,6 +76,66 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The engine the shared integration suites (openai, ollama, errors, scheduling, config) run
+/// against: `ROCKCHIP_LLAMA_TEST_ENGINE` = `llama` (default) | `rkllm-1.2` | `rkllm-1.3`. The
+/// RKLLM variants drive the simulated Qwen3 0.6B through rkllm-sim built for that ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestEngine {
+    Llama,
+    Rkllm12,
+    Rkllm13,
+}
+
+pub fn engine() -> TestEngine {
+    match std::env::var("ROCKCHIP_LLAMA_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("" | "llama") => TestEngine::Llama,
+        Ok("rkllm-1.2") => TestEngine::Rkllm12,
+        Ok("rkllm-1.3") => TestEngine::Rkllm13,
+        Ok(other) => panic!("ROCKCHIP_LLAMA_TEST_ENGINE={other}: expected llama, rkllm-1.2 or rkllm-1.3"),
+    }
+}
+
+/// The suites run on the NPU engine (rkllm-sim).
+pub fn rkllm() -> bool {
+    engine() != TestEngine::Llama
+}
+
+pub const QWEN3_SIM: &str = "qwen3-0.6b-sim";
+pub const QWEN2_SIM: &str = "qwen2-0.5b-sim";
+
+/// The model the suites talk to: SmolLM2 on llama.cpp, the simulated Qwen3 0.6B on RKLLM.
+pub fn primary() -> PathBuf {
+    if rkllm() { sim().model("Qwen3-0.6B-sim_w8a8_rk3588") } else { smollm2() }
+}
+
+pub fn primary_name() -> &'static str {
+    if rkllm() { QWEN3_SIM } else { SMOL }
+}
+
+/// A second model of the same engine: Gemma 3 270M, or the simulated Qwen2 0.5B (no thinking).
+pub fn secondary() -> PathBuf {
+    if rkllm() { sim().model("Qwen2-0.5B-sim_w8a8_rk3588") } else { gemma() }
+}
+
+pub fn secondary_name() -> &'static str {
+    if rkllm() { QWEN2_SIM } else { "gemma-3-270m" }
+}
+
+/// `serve` flags selecting the engine under test.
+pub fn engine_args() -> Vec<String> {
+    let lib = match engine() {
+        TestEngine::Llama => return Vec::new(),
+        TestEngine::Rkllm12 => sim().lib12,
+        TestEngine::Rkllm13 => sim().lib13,
+    };
+    vec!["--engine".into(), "rkllm".into(), "--rkllm-lib".into(), lib.display().to_string()]
+}
+
+/// Environment for the engine under test: the simulator at 20x the vendor's speed.
+pub fn engine_env() -> Vec<(&'static str, String)> {
+    if rkllm() { vec![("RKLLM_SIM_SPEEDUP", "20".to_owned())] } else { Vec::new() }
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh directory under the system temp dir.
@@ -105,6 +165,32 @@ impl Agent {
             std::os::unix::fs::symlink(m, models_dir.join(m.file_name().unwrap())).unwrap();
         }
         Self::start_in(dir, extra).await
+    }
+
+    /// Starts `serve` on the engine under test ([`engine`]) with `models` and extra flags.
+    pub async fn serve(models: &[PathBuf], extra: &[&str]) -> Self {
+        Self::serve_env(models, extra, &[]).await
+    }
+
+    /// [`Agent::serve`] with extra environment variables.
+    pub async fn serve_env(models: &[PathBuf], extra: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = temp_dir("agent");
+        let models_dir = dir.join("models");
+        std::fs::create_dir_all(&models_dir).unwrap();
+        for m in models {
+            std::os::unix::fs::symlink(m, models_dir.join(m.file_name().unwrap())).unwrap();
+        }
+        Self::serve_in_env(dir, extra, env).await
+    }
+
+    /// [`Agent::serve`] on a prepared directory (its `models/` subdirectory).
+    pub async fn serve_in_env(dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let flags = engine_args();
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let mut envs = engine_env();
+        envs.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        Self::start_in_env(dir, &args, &envs).await
     }
 
     pub async fn start_in(dir: PathBuf, extra: &[&str]) -> Self {
