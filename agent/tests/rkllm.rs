@@ -575,3 +575,19 @@ async fn doctor_reports_on_the_fixture_board() {
     assert_eq!(out.status.code(), Some(1), "a FAIL line means exit 1:\n{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn prefix_cache_off_starts_every_request_from_an_empty_cache() {
+    let sim = sim();
+    let n = npu(&sim.lib13, &[sim.model("Qwen3-0.6B-sim_w8a8_rk3588")], &["--prefix-cache", "false"], &[]).await;
+    let a = &n.agent;
+    let u1 = json!({"role": "user", "content": "Name a boat"});
+    let (_, r1) = a.post("/v1/chat/completions", &json!({"model": QWEN, "messages": [u1], "max_tokens": 60})).await;
+    let turn2 = json!({"model": QWEN, "max_tokens": 20, "messages": [u1, {"role": "assistant", "content": text_of(&r1)},
+                                                                      {"role": "user", "content": "And another"}]});
+    let (s, r2) = a.post("/v1/chat/completions", &turn2).await;
+    assert_eq!(s, 200, "{r2}");
+    assert_eq!(r2["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{r2}");
+    let clear = n.trace().into_iter().rev().find(|l| l.starts_with("clear_kv_cache")).unwrap();
+    assert_eq!(field(&clear, "keep_system_prompt"), Some("0"), "{clear}");
+}

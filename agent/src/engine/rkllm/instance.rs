@@ -41,6 +41,9 @@ pub struct Config {
     pub prompt_cache: Option<PromptCacheDir>,
     /// How long a batch waits for more requests once the first arrived (`n_batch > 1`).
     pub batch_wait: Duration,
+    /// Continue conversations held in the KV cache (`--prefix-cache`); off = every request
+    /// starts from an empty cache (the runtime's own in-memory prefix reuse still applies).
+    pub reuse: bool,
     pub facts: ModelFacts,
 }
 
@@ -334,7 +337,10 @@ impl Worker {
             return;
         }
         let (setup, messages) = self.request_view(&req);
-        let plan = conv::plan(self.held.as_ref(), setup, &messages);
+        let mut plan = conv::plan(if self.cfg.reuse { self.held.as_ref() } else { None }, setup, &messages);
+        if !self.cfg.reuse {
+            plan.start = Start::Fresh { keep_system: false };
+        }
         if let Err(e) = self.configure(&plan.setup, req.think, false) {
             self.held = None;
             let _ = tx.send(Event::Error(e));

@@ -138,6 +138,7 @@ impl Engine for RkllmEngine {
             family,
             prompt_cache: self.opts.prompt_cache.clone(),
             batch_wait: self.opts.batch_wait,
+            reuse: spec.prefix_cache,
             facts,
         };
         Ok(instance::spawn(cfg, h, keep))
