@@ -444,6 +444,9 @@ async fn embeddings_are_pooled_and_normalised_on_both_apis() {
     assert!((cos(&v, &vecs[0]) - 1.0).abs() < 1e-4, "same text, same vector");
     let (s, e) = a.post("/v1/embeddings", &json!({"model": QWEN, "input": [1, 2]})).await;
     assert_eq!(s, 400, "{e}");
+    let (_, show) = a.post("/api/show", &json!({"model": QWEN})).await;
+    let caps = show["capabilities"].as_array().unwrap();
+    assert!(caps.contains(&json!("embedding")) && caps.contains(&json!("thinking")), "{show}");
 }
 
 #[tokio::test]
@@ -480,6 +483,17 @@ async fn lora_adapter_selected_by_model_name_and_json_is_checked() {
     assert_eq!(s, 200, "{r}");
     let out: Value = serde_json::from_str(&text_of(&r)).unwrap();
     assert!(out["answer"].is_i64(), "{out}");
+    // A truncated answer is not JSON: checked, retried once, then a clean error.
+    let runs = n.runs().len();
+    let (s, r) = a
+        .post(
+            "/v1/chat/completions",
+            &chat(QWEN, "Give me the data", json!({"max_tokens": 3, "response_format": {"type": "json_object"}})),
+        )
+        .await;
+    assert_eq!(s, 500, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("after one retry"), "{r}");
+    assert_eq!(n.runs().len(), runs + 2, "the first answer and one retry");
 }
 
 fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
