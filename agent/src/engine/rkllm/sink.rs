@@ -71,6 +71,10 @@ impl Slot {
 
     fn on_token(&mut self, bytes: &[u8], id: i32) {
         self.tokens += 1;
+        if repeats_held_bytes(&self.utf8, bytes) {
+            // The runtime re-sent the whole character after WAITING: keep its copy, not both.
+            self.utf8.clear();
+        }
         self.utf8.extend_from_slice(bytes);
         let text = take_utf8(&mut self.utf8);
         self.raw.push_str(&text);
@@ -110,6 +114,23 @@ impl Slot {
     pub fn closed(&self) -> bool {
         self.tx.as_ref().is_none_or(UnboundedSender::is_closed)
     }
+}
+
+/// Whether `next` repeats the incomplete bytes held from a WAITING callback rather than
+/// continuing them. The vendor does not document which it does: appended, the held bytes plus a
+/// repeat are invalid UTF-8 right at the junction, while `next` alone starts with them and is
+/// valid, so the two cases cannot be confused and both runtimes' output comes out intact.
+fn repeats_held_bytes(held: &[u8], next: &[u8]) -> bool {
+    if held.is_empty() || !next.starts_with(held) {
+        return false;
+    }
+    let joined = [held, next].concat();
+    let joined_broken = matches!(std::str::from_utf8(&joined), Err(e) if e.error_len().is_some());
+    let next_ok = match std::str::from_utf8(next) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    joined_broken && next_ok
 }
 
 /// The sink of one `rkllm_run`.
@@ -193,6 +214,22 @@ mod tests {
         assert_eq!(got, "é ");
         let (slots, err) = sink.into_slots();
         assert_eq!((slots[0].ended, slots[0].tokens, err), (Some(FinishReason::Stop), 4, None));
+    }
+
+    #[test]
+    fn a_character_resent_after_waiting_is_not_doubled() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = RunSink::new(vec![Slot::new(tx, &[], None)]);
+        let e = "é".as_bytes();
+        sink.on(CallState::Waiting, &[view(&e[..1], 1)]);
+        sink.on(CallState::Normal, &[view(e, 2)]);
+        sink.on(CallState::Normal, &[view(b"!", 3)]);
+        let mut got = String::new();
+        while let Ok(Event::Token { text, .. }) = rx.try_recv() {
+            got.push_str(&text);
+        }
+        assert_eq!(got, "é!");
+        assert!(!repeats_held_bytes(&e[..1], &e[1..]), "a continuation is joined");
     }
 
     #[test]
