@@ -236,6 +236,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prefix_cache,
         default_keep_alive,
         npu_domains: npu.npu_domains,
+        npu_domain_bytes: sched::parse_size(&npu.npu_domain_memory)
+            .map_err(|e| anyhow::anyhow!("--npu-domain-memory: {e}"))?,
         big_cores: node.info.big_cores(),
     };
     let registry = Arc::new(registry(&models)?);

@@ -25,6 +25,10 @@ pub struct NpuArgs {
     /// NPU memory domains (`base_domain_id` 0..n) that RKLLM instances are spread over.
     #[arg(long, env = "ROCKCHIP_LLAMA_NPU_DOMAINS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub npu_domains: u32,
+    /// NPU memory one domain holds (`4GiB`, `512MiB`, bytes); a model needs about its file size.
+    /// Checked before loading, since RKLLM 1.3.0 crashes when a domain overflows (rknn-llm #522).
+    #[arg(long, env = "ROCKCHIP_LLAMA_NPU_DOMAIN_MEMORY", default_value = "4GiB")]
+    pub npu_domain_memory: String,
     /// With `n_batch` > 1: how long a batch waits for more queued requests after the first.
     #[arg(long, env = "ROCKCHIP_LLAMA_RKLLM_BATCH_WAIT_MS", default_value_t = 20)]
     pub rkllm_batch_wait_ms: u64,

@@ -45,6 +45,8 @@ pub struct SchedOptions {
     pub default_keep_alive: KeepAlive,
     /// NPU memory domains (`base_domain_id` 0..n) RKLLM instances are spread over.
     pub npu_domains: u32,
+    /// Bytes of NPU memory one domain holds.
+    pub npu_domain_bytes: u64,
     /// The board's big cores, for llama.cpp thread affinity (empty = not pinned).
     pub big_cores: Vec<usize>,
 }
@@ -67,6 +69,12 @@ pub enum SchedError {
     TooLarge { model: String, need: u64, budget: u64 },
     #[error("not enough memory for model '{model}' while other models are in use; retry later")]
     Busy { model: String },
+    #[error("model '{model}' needs {need} bytes of NPU memory but a domain holds {budget} (--npu-domain-memory)")]
+    NpuTooLarge { model: String, need: u64, budget: u64 },
+    #[error(
+        "NPU memory is full: model '{model}' needs {need} bytes and the NPU models in use leave no domain with room; retry later"
+    )]
+    NpuFull { model: String, need: u64 },
     #[error("no engine for {format} models on this agent: {why}")]
     NoEngine { format: &'static str, why: String },
     #[error(transparent)]
@@ -326,7 +334,7 @@ impl Scheduler {
             prefix_cache: self.opts.prefix_cache,
             family: entry.family.clone(),
             sampling: entry.settings.sampling.clone(),
-            domain: if rkllm { self.free_domain() } else { 0 },
+            domain: if rkllm { self.pick_domain(&entry.name, entry.size)? } else { 0 },
             loras,
             cpus: self.opts.big_cores.clone(),
         };
@@ -340,7 +348,7 @@ impl Scheduler {
             // The domain is full: unload idle NPU models and try once more.
             if self.evict_idle_npu() > 0 {
                 tracing::warn!(model = %entry.name, %why, "NPU memory full; evicted idle NPU models, retrying once");
-                spec.domain = self.free_domain();
+                spec.domain = self.pick_domain(&entry.name, entry.size)?;
                 instance = Self::load_blocking(&engine, &spec).await;
             }
         }
@@ -376,12 +384,35 @@ impl Scheduler {
             .map_err(SchedError::from)
     }
 
-    /// The lowest NPU domain no resident RKLLM instance uses; the least used one when all are.
-    fn free_domain(&self) -> i32 {
+    /// The NPU memory domain for a model of `need` bytes (its file: the weights the runtime maps
+    /// into NPU memory), the least used one with room. Checked before `rkllm_init` because
+    /// RKLLM 1.3.0 crashes instead of failing when a domain is full (rknn-llm #522). Idle NPU
+    /// models are unloaded, least recently used first, when no domain has room.
+    fn pick_domain(&self, model: &str, need: u64) -> Result<i32, SchedError> {
+        let budget = self.opts.npu_domain_bytes;
+        if need > budget {
+            return Err(SchedError::NpuTooLarge { model: model.to_owned(), need, budget });
+        }
         let n = self.opts.npu_domains.max(1) as i32;
-        let map = self.map();
-        let count = |d: i32| map.values().filter(|r| r.domain == Some(d)).count();
-        (0..n).min_by_key(|&d| (count(d), d)).unwrap_or(0)
+        let mut map = self.map();
+        loop {
+            let used = |d: i32| map.values().filter(|r| r.domain == Some(d)).map(|r| r.entry.size).sum::<u64>();
+            let count = |d: i32| map.values().filter(|r| r.domain == Some(d)).count();
+            if let Some(d) = (0..n).filter(|&d| used(d) + need <= budget).min_by_key(|&d| (count(d), d)) {
+                return Ok(d);
+            }
+            let victim = map
+                .values()
+                .filter(|r| r.domain.is_some() && r.users.load(Ordering::SeqCst) == 0)
+                .min_by_key(|r| r.life().last_used)
+                .map(|r| r.entry.name.clone());
+            let Some(victim) = victim else {
+                return Err(SchedError::NpuFull { model: model.to_owned(), need });
+            };
+            tracing::info!(evicted = %victim, for_model = model, "unloading idle NPU model to make room in NPU memory");
+            map.remove(&victim);
+            self.metrics.loaded_models.set(map.len() as i64);
+        }
     }
 
     /// Unloads every idle RKLLM instance; returns how many.

@@ -393,6 +393,34 @@ async fn npu_domain_exhaustion_is_a_clean_503_and_idle_models_make_room() {
 }
 
 #[tokio::test]
+async fn npu_domain_budget_is_checked_before_init() {
+    // RKLLM 1.3.0 crashes when an init overflows a domain (rknn-llm #522), so the agent checks its
+    // own per-domain budget (model ≈ file size) first. The sim's files are ~200 bytes: a 300-byte
+    // domain holds one model.
+    let sim = sim();
+    let models = [sim.model("Qwen3-0.6B-sim_w8a8_rk3588"), sim.model("Phi3-3.8B-sim_w8a8_rk3588")];
+    let slow = [("RKLLM_SIM_DECODE_TOK_S", "1".to_owned())];
+    let n = npu(&sim.lib13, &models, &["--npu-domains", "1", "--npu-domain-memory", "300"], &slow).await;
+    let a = &n.agent;
+    let (s, _) = a.post("/v1/chat/completions", &chat(QWEN, "Hi", json!({"max_tokens": 2}))).await;
+    assert_eq!(s, 200);
+    // Idle Qwen3 is unloaded for Phi3 without the runtime ever being asked to overflow.
+    let (s, r) = a.post("/v1/chat/completions", &chat("phi3-3.8b-sim", "Hi", json!({"max_tokens": 2}))).await;
+    assert_eq!(s, 200, "{r}");
+    assert!(!n.trace().iter().any(|l| l.starts_with("init_failed")), "{:?}", n.trace());
+    // While Phi3 is busy, Qwen3 cannot get NPU memory: a 503, not an init.
+    let long = chat("phi3-3.8b-sim", "Tell a long story", json!({"max_tokens": 40, "stream": true}));
+    let mut busy = a.client.post(a.url("/v1/chat/completions")).json(&long).send().await.unwrap();
+    let _ = busy.chunk().await.unwrap();
+    let inits = n.trace().iter().filter(|l| l.starts_with("init ")).count();
+    let (s, r) = a.post("/v1/chat/completions", &chat(QWEN, "Hi", json!({"max_tokens": 2}))).await;
+    assert_eq!(s, 503, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("NPU memory is full"), "{r}");
+    assert_eq!(n.trace().iter().filter(|l| l.starts_with("init ")).count(), inits, "no init attempted");
+    drop(busy);
+}
+
+#[tokio::test]
 async fn context_above_the_model_limit_fails_at_load_with_the_reason() {
     let sim = sim();
     let dir = temp_dir("ctx");

@@ -123,7 +123,8 @@ impl From<SchedError> for AppError {
             SchedError::TooLarge { .. } | SchedError::NoEngine { .. } => {
                 Self::BadRequest { message: e.to_string(), param: Some("model") }
             }
-            SchedError::Busy { .. } => Self::Unavailable(e.to_string()),
+            SchedError::Busy { .. } | SchedError::NpuFull { .. } => Self::Unavailable(e.to_string()),
+            SchedError::NpuTooLarge { .. } => Self::BadRequest { message: e.to_string(), param: Some("model") },
             SchedError::Engine(e) => e.into(),
         }
     }
