@@ -1,0 +1,104 @@
+//! The board side: tuning with restore, telemetry, `doctor` on the fixture tree.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use super::*;
+
+fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path().strip_prefix(root).unwrap().to_owned(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn tuning_is_applied_on_load_restored_when_idle_and_at_shutdown_with_telemetry() {
+    let sim = sim();
+    let fx = board::fixture::FixtureCopy::rk3588().unwrap();
+    let before = tree(fx.root());
+    let root = fx.root().display().to_string();
+    let mut n = npu(
+        &sim.lib13,
+        &[sim.model("Qwen3-0.6B-sim_w8a8_rk3588")],
+        &["--sysfs-root", &root, "--tune", "on", "--tune-idle-restore", "1s"],
+        &[],
+    )
+    .await;
+    let gov = |p: &str| std::fs::read_to_string(fx.root().join(p)).unwrap().trim().to_owned();
+    assert_eq!(tree(fx.root()), before, "nothing is written before a model loads");
+    let (s, _) = n.agent.post("/v1/chat/completions", &chat(QWEN, "Hi", json!({"max_tokens": 4}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(gov("sys/devices/system/cpu/cpufreq/policy4/scaling_governor"), "userspace");
+    assert_eq!(gov("sys/devices/system/cpu/cpufreq/policy4/scaling_setspeed"), "2352000");
+    assert_eq!(gov("sys/class/devfreq/fdab0000.npu/userspace/set_freq"), "1000000000");
+    assert_eq!(gov("sys/class/devfreq/dmc/userspace/set_freq"), "2112000000");
+    let m = n.agent.get("/metrics").await.1.as_str().unwrap().to_owned();
+    assert!(m.contains("rockchip_llama_board_temperature_celsius{zone=\"npu-thermal\"}"), "{m}");
+    assert!(m.contains("rockchip_llama_npu_load_percent{core=\"2\"}"), "{m}");
+    assert!(m.contains("rockchip_llama_board_tuned 1"), "{m}");
+    let (_, st) = n.agent.get("/internal/v1/status").await;
+    assert_eq!((st["board"]["soc"].as_str(), st["big_core_mask"].as_str()), (Some("rk3588"), Some("0xf0")), "{st}");
+    assert_eq!(st["tuning"]["applied"], true);
+    assert_eq!(st["loaded"][0]["engine"], "rkllm");
+    // Unload; after the idle period the clocks are restored byte for byte.
+    let (s, _) = n.agent.post("/api/generate", &json!({"model": QWEN, "keep_alive": 0})).await;
+    assert_eq!(s, 200);
+    let t0 = Instant::now();
+    while tree(fx.root()) != before {
+        assert!(t0.elapsed() < Duration::from_secs(15), "clocks not restored after idle:\n{}", n.agent.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Re-pinned by the next load, restored by SIGTERM.
+    let (s, _) = n.agent.post("/v1/chat/completions", &chat(QWEN, "Hi", json!({"max_tokens": 4}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(gov("sys/devices/system/cpu/cpufreq/policy0/scaling_governor"), "userspace");
+    let pid = n.agent.pid().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert_eq!(n.agent.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(tree(fx.root()), before, "SIGTERM restores the clocks");
+}
+
+#[tokio::test]
+async fn doctor_reports_on_the_fixture_board() {
+    let sim = sim();
+    let fx = board::fixture::FixtureCopy::rk3588().unwrap();
+    let dir = temp_dir("doctor");
+    for m in [sim.model("Qwen3-0.6B-sim_w8a8_rk3588"), sim.model("Qwen3-0.6B-sim_w8a8_rk3576")] {
+        std::os::unix::fs::symlink(&m, dir.join(m.file_name().unwrap())).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rockchip-llama-agent"))
+        .arg("doctor")
+        .arg("--sysfs-root")
+        .arg(fx.root())
+        .arg("--rkllm-lib")
+        .arg(&sim.lib13)
+        .arg("--models-dir")
+        .arg(&dir)
+        .args(["--probe-models", "true"])
+        .env("RKLLM_SIM_SPEEDUP", "20")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    for want in ["RK3588", "0.9.8", "RKLLM 1.3.0, ABI 1.3", "0xf0", "7 zones", "loaded with context 4096"] {
+        assert!(report.contains(want), "doctor report lacks {want:?}:\n{report}");
+    }
+    let rk3576 = report.lines().find(|l| l.contains("rk3576")).unwrap_or_default();
+    assert!(rk3576.contains("FAIL"), "a model converted for another SoC blocks: {report}");
+    assert_eq!(out.status.code(), Some(1), "a FAIL line means exit 1:\n{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
