@@ -207,7 +207,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         board,
     } = args;
     let nofile = board::raise_nofile(board::VENDOR_NOFILE);
-    let (engines, runtime_json) = engines(engine, &npu, &models.models_dir, &board)?;
+    let info = board::BoardInfo::detect(&board::Sysfs::new(&board.sysfs_root));
+    let (engines, runtime_json) = engines(engine, &npu, &models.models_dir, info.big_core_mask() as u32)?;
     if nofile.after_soft < board::VENDOR_NOFILE && engines.rkllm.is_ok() {
         tracing::warn!(
             soft = nofile.after_soft,
@@ -221,7 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "raised the open-file limit for the RKLLM runtime"
         );
     }
-    let node = Arc::new(Node::new(&board, nofile, runtime_json).map_err(anyhow::Error::msg)?);
+    let node = Arc::new(Node::new(&board, info, nofile, runtime_json).map_err(anyhow::Error::msg)?);
     let keys = api_key_file.as_deref().map(read_keys).transpose()?.map(Arc::new);
     let default_keep_alive = KeepAlive::parse(&keep_alive).map_err(anyhow::Error::msg)?;
     let opts = SchedOptions {
@@ -304,7 +305,7 @@ fn engines(
     choice: EngineChoice,
     npu_args: &NpuArgs,
     models_dir: &Path,
-    board_args: &BoardArgs,
+    mask: u32,
 ) -> anyhow::Result<(Engines, serde_json::Value)> {
     let llama: Option<Arc<dyn Engine>> =
         (choice != EngineChoice::Rkllm).then(|| Arc::new(LlamaEngine) as Arc<dyn Engine>);
@@ -312,8 +313,6 @@ fn engines(
         let why = "--engine llama".to_owned();
         return Ok((Engines { llama, rkllm: Err(why.clone()) }, serde_json::json!({"rkllm": null, "reason": why})));
     }
-    let info = board::BoardInfo::detect(&board::Sysfs::new(&board_args.sysfs_root));
-    let mask = info.big_core_mask() as u32;
     match npu::open_runtime(npu_args) {
         Ok(rt) => {
             tracing::info!(lib = %rt.path.display(), version = ?rt.version.map(|v| v.to_string()), abi = %rt.abi,

@@ -55,9 +55,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(args: &BoardArgs, nofile: NofileOutcome, runtime: Value) -> Result<Self, String> {
+    /// `info` is what `BoardInfo::detect` read under `args.sysfs_root` at start.
+    pub fn new(args: &BoardArgs, info: BoardInfo, nofile: NofileOutcome, runtime: Value) -> Result<Self, String> {
         let fs = Sysfs::new(&args.sysfs_root);
-        let info = BoardInfo::detect(&fs);
         let idle_restore = crate::keepalive::KeepAlive::parse(&args.tune_idle_restore)
             .ok()
             .and_then(|k| match k {

@@ -261,6 +261,16 @@ impl Worker {
             g.stop = true;
             self.shared.cv.notify_all();
         }
+        // This thread made every run and none is in flight; the runtime's own view is checked
+        // anyway, because destroying a running handle is undefined (rkllm-abi.md §2).
+        if self.cfg.rt.is_running(self.h) {
+            tracing::warn!(model = %self.cfg.name, "runtime reports a run in flight at unload; aborting it first");
+            self.cfg.rt.abort(self.h);
+            let t0 = Instant::now();
+            while self.cfg.rt.is_running(self.h) && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let rc = self.cfg.rt.destroy(self.h);
         tracing::info!(model = %self.cfg.name, rc, "rkllm_destroy");
     }

@@ -66,10 +66,6 @@ impl RkllmEngine {
     pub fn new(rt: Arc<Runtime>, opts: RkllmOptions) -> Self {
         Self { rt, opts }
     }
-
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.rt
-    }
 }
 
 impl Engine for RkllmEngine {

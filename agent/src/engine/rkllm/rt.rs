@@ -249,11 +249,6 @@ impl Runtime {
         })
     }
 
-    /// Whether per-run sampling and `max_new_tokens` exist (ABI 1.3).
-    pub fn per_run_sampling(&self) -> bool {
-        self.abi == Abi::V1_3
-    }
-
     /// `rkllm_createDefaultParam` + overrides + `rkllm_init`. Returns the runtime's status on failure.
     pub fn init(&self, p: &InitParams) -> Result<(Handle, Keepalive), c_int> {
         let mut h: c::LLMHandle = std::ptr::null_mut();
