@@ -1,9 +1,9 @@
 //! The runtime reports why `rkllm_init` failed only in its log (`E rkllm: max_context[…] must be
 //! less than the model's max_context_limit[…]`, `failed to malloc npu memory`, `invalid rknn llm
 //! model magic`) and returns a bare -1. To give users that reason in the API's error, the agent
-//! routes stderr through a pipe for the duration of the call, passes every byte on to the real
-//! stderr afterwards, and reads the reason from the captured lines. Logs written to stdout are
-//! not captured (C stdio buffers them); the error then carries only the status.
+//! routes stdout and stderr (the vendor does not say which it logs to) through one pipe for the
+//! duration of the call, flushing C stdio buffers before and after, passes every byte on to the
+//! agent's stderr afterwards, and reads the reason from the captured lines.
 
 use std::{
     io::{Read, Write},
@@ -11,20 +11,27 @@ use std::{
     sync::Mutex,
 };
 
-/// One capture at a time: fd 2 is process-wide.
+/// One capture at a time: fds 1 and 2 are process-wide.
 static LOCK: Mutex<()> = Mutex::new(());
 
-/// Runs `f` with stderr captured; returns its result and what was written to stderr meanwhile.
+/// Runs `f` with stdout and stderr captured; returns its result and what was written meanwhile.
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     let _one = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    super::rt::flush_c_stdio();
     let setup = (|| -> std::io::Result<_> {
         let (r, w) = rustix::pipe::pipe()?;
-        let saved = rustix::io::dup(std::io::stderr().as_fd())?;
+        let saved_err = rustix::io::dup(std::io::stderr().as_fd())?;
+        let saved_out = rustix::io::dup(std::io::stdout().as_fd())?;
         rustix::stdio::dup2_stderr(&w)?;
-        Ok((r, w, saved))
+        if let Err(e) = rustix::stdio::dup2_stdout(&w) {
+            let _ = rustix::stdio::dup2_stderr(&saved_err);
+            return Err(e.into());
+        }
+        Ok((r, w, saved_err, saved_out))
     })();
-    let Ok((r, w, saved)) = setup else {
+    let Ok((r, w, saved, saved_out)) = setup else {
         return (f(), String::new());
     };
     // Drain concurrently so a chatty runtime cannot fill the pipe and block itself.
@@ -35,7 +42,10 @@ pub fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     });
     let out = f();
     let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    super::rt::flush_c_stdio();
     let _ = rustix::stdio::dup2_stderr(&saved);
+    let _ = rustix::stdio::dup2_stdout(&saved_out);
     drop(w);
     let bytes = reader.join().unwrap_or_default();
     let _ = std::io::stderr().write_all(&bytes);
@@ -91,12 +101,14 @@ mod tests {
 
     #[test]
     fn capture_passes_through_and_returns_text() {
-        // Straight to fd 2 like a C library (the test harness captures `eprintln!`).
+        // Straight to fds 1 and 2 like a C library (the test harness captures `eprintln!`).
         let (v, text) = capture(|| {
             let _ = std::io::stderr().write_all(b"E rkllm: hello from the runtime\n");
+            let _ = std::io::stdout().write_all(b"I rkllm: and on stdout\n");
+            let _ = std::io::stdout().flush();
             7
         });
         assert_eq!(v, 7);
-        assert!(text.contains("hello from the runtime"), "{text:?}");
+        assert!(text.contains("hello from the runtime") && text.contains("and on stdout"), "{text:?}");
     }
 }

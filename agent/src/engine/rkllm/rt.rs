@@ -98,6 +98,20 @@ fn view(r: &c::RKLLMResult) -> ResultView<'_> {
     ResultView { text, token_id: r.token_id, hidden, perf: r.perf }
 }
 
+unsafe extern "C" {
+    /// C stdio's `fflush`; `NULL` flushes every open output stream.
+    fn fflush(stream: *mut c_void) -> c_int;
+}
+
+/// Flushes the C library's buffered `stdout`/`stderr` streams, so text a C runtime printed with
+/// `printf` reaches its file descriptor now (used around the init log capture).
+pub fn flush_c_stdio() {
+    // SAFETY: fflush(NULL) is defined by C99 to flush all output streams; no pointers are read.
+    unsafe {
+        fflush(std::ptr::null_mut());
+    }
+}
+
 /// An initialised model handle. Plain data: [`super::instance`] owns its lifecycle.
 #[derive(Clone, Copy, Debug)]
 pub struct Handle(c::LLMHandle);
