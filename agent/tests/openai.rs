@@ -198,3 +198,62 @@ async fn prefix_reuse_can_be_disabled() {
     let (_, r) = a.post("/v1/chat/completions", &body).await;
     assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn vector(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn embeddings_on_both_apis() {
+    let a = Agent::serve(&[primary()], &[]).await;
+    let inputs = json!(["the cat sat on the mat", "the cat sat on a mat today", "quantum chromodynamics on a lattice"]);
+    let (s, r) = a.post("/v1/embeddings", &json!({"model": primary_name(), "input": inputs})).await;
+    assert_eq!(s, 200, "{r}");
+    let vecs: Vec<Vec<f64>> = r["data"].as_array().unwrap().iter().map(|d| vector(&d["embedding"])).collect();
+    assert_eq!(vecs.len(), 3);
+    for v in &vecs {
+        assert!(v.len() >= 64 && v.len() == vecs[0].len(), "model-sized vectors");
+        assert!((cosine(v, v) - 1.0).abs() < 1e-3, "L2-normalised");
+    }
+    assert!(cosine(&vecs[0], &vecs[1]) > cosine(&vecs[0], &vecs[2]), "shared words are closer");
+    assert!(r["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{r}");
+    let (s, o) = a.post("/api/embed", &json!({"model": primary_name(), "input": "the cat sat on the mat"})).await;
+    assert_eq!(s, 200, "{o}");
+    assert!((cosine(&vector(&o["embeddings"][0]), &vecs[0]) - 1.0).abs() < 1e-4, "same text, same vector");
+    let (s, e) = a.post("/v1/embeddings", &json!({"model": primary_name(), "input": ""})).await;
+    assert_eq!(s, 400, "{e}");
+    // The official client asks for base64: little-endian float32.
+    let (s, b) = a
+        .post(
+            "/v1/embeddings",
+            &json!({"model": primary_name(), "input": "the cat sat on the mat", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let bytes = base64_decode(b["data"][0]["embedding"].as_str().unwrap());
+    let floats: Vec<f64> =
+        bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+    assert!((cosine(&floats, &vecs[0]) - 1.0).abs() < 1e-4);
+}
+
+/// Standard base64 without padding checks (test helper; the agent uses the base64 crate).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in clean.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (u32::from(val(c)) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}

@@ -269,3 +269,10 @@ def test_post_like_curl_d(hx, model):
     )
     assert r.status_code == 200, r.text
     assert r.json()["done"] is True
+
+
+def test_embed(oll, model):
+    r = oll.embed(model=model, input=["why is the sky blue?", "why is grass green?"])
+    assert len(r.embeddings) == 2 and len(r.embeddings[0]) == len(r.embeddings[1]) > 0
+    assert abs(sum(x * x for x in r.embeddings[0]) - 1.0) < 1e-3, "L2-normalised"
+    assert r.prompt_eval_count > 0

@@ -392,3 +392,13 @@ def test_completions_length(oai, model):
     )
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 3
+
+
+def test_embeddings(oai, model):
+    r = oai.embeddings.create(model=model, input=["the cat sat on the mat", "quantum chromodynamics"])
+    assert [d.index for d in r.data] == [0, 1]
+    dims = {len(d.embedding) for d in r.data}
+    assert len(dims) == 1 and dims.pop() > 0
+    norm = sum(x * x for x in r.data[0].embedding)
+    assert abs(norm - 1.0) < 1e-3, "L2-normalised"
+    assert r.usage.prompt_tokens > 0

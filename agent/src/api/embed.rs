@@ -25,7 +25,7 @@ pub struct EmbeddingRequest {
     /// A string or a list of strings (token arrays are not accepted).
     #[schema(value_type = Object)]
     pub input: Value,
-    /// Only `float` is supported.
+    /// `float` (default) or `base64` (little-endian float32 bytes, what the official client asks for).
     pub encoding_format: Option<String>,
     /// Not supported: the model's own size is returned.
     pub dimensions: Option<u32>,
@@ -88,19 +88,39 @@ pub async fn openai_embeddings(
     State(st): State<AppState>,
     OaiJson(req): OaiJson<EmbeddingRequest>,
 ) -> Result<impl IntoResponse, OaiError> {
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(AppError::bad("encoding_format", "only encoding_format \"float\" is supported").into());
-    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(
+                AppError::bad("encoding_format", format!("encoding_format {other:?} is not float or base64")).into()
+            );
+        }
+    };
     if req.dimensions.is_some() {
         return Err(AppError::bad("dimensions", "dimensions is not supported; vectors have the model's size").into());
     }
     let (model, e, _) = run(&st, &req.model, inputs(&req.input)?, None).await?;
-    let data: Vec<Value> =
-        e.vectors.iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect();
+    let data: Vec<Value> = e
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 { Value::String(to_base64(v)) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
     Ok(Json(json!({
         "object": "list", "data": data, "model": model,
         "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
     })))
+}
+
+/// OpenAI's `base64` encoding: the vector's float32 values, little-endian, base64-encoded.
+fn to_base64(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[utoipa::path(post, path = "/api/embed", tag = "ollama", request_body = EmbedRequest,

@@ -486,9 +486,10 @@ pub async fn show(
     if template.is_empty() && e.meta.architecture.as_deref().is_some_and(|a| !a.starts_with("gemma")) {
         caps.retain(|c| *c != "tools");
     }
+    // Both engines embed (llama.cpp: a pooled embedding context; RKLLM: the last hidden layer).
+    caps.push("embedding");
     if e.format == crate::models::Format::Rkllm {
-        // The NPU engine embeds (last hidden layer) and thinks when the family does.
-        caps.push("embedding");
+        // The NPU engine thinks when the model's family does.
         if crate::engine::rkllm::family::Family::detect(e.family.as_deref(), &e.file_name).is_some_and(|f| f.thinking())
         {
             caps.push("thinking");

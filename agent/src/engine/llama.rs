@@ -50,7 +50,7 @@ const N_BATCH: u32 = 512;
 /// llama.cpp's backend may be initialised once per process.
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+pub(super) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
             let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
@@ -95,7 +95,7 @@ impl Engine for LlamaEngine {
             .spawn(move || worker(backend, &worker_model, &worker_spec, &cmd_rx, &ready_tx, &worker_busy))
             .map_err(|e| load_err(format!("cannot start engine thread: {e}")))?;
         let facts = ready_rx.recv().map_err(|_| load_err("engine thread exited during load".into()))??;
-        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts, busy }))
+        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts, threads: spec.threads, cpus: spec.cpus.clone(), busy }))
     }
 }
 
@@ -112,6 +112,9 @@ struct LlamaInstance {
     model: Arc<LlamaModel>,
     tx: std_mpsc::Sender<Job>,
     facts: ModelFacts,
+    /// Threads and CPUs for embedding contexts (the generation thread's settings).
+    threads: u32,
+    cpus: Vec<usize>,
     /// Slots with a request, as the worker thread last counted them.
     busy: Arc<AtomicUsize>,
 }
@@ -137,11 +140,27 @@ impl Instance for LlamaInstance {
     fn busy(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
     }
+
+    fn embed(&self, inputs: Vec<String>) -> tokio::sync::oneshot::Receiver<Result<super::Embeddings, EngineError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (model, threads, cpus, context) =
+            (Arc::clone(&self.model), self.threads, self.cpus.clone(), self.facts.n_ctx);
+        let spawned = std::thread::Builder::new().name("llama-embed".into()).spawn(move || {
+            if !cpus.is_empty() {
+                let _ = board::pin_current_thread(&cpus);
+            }
+            let _ = tx.send(super::llama_embed::embed(&model, &inputs, threads, context));
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start an embedding thread");
+        }
+        rx
+    }
 }
 
 /// Tokenizes a rendered prompt. Templates write special tokens as text, so they are parsed; BOS
 /// is added only when the model wants it and the template did not already write it.
-fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
     let vocab = model.vocab();
     let bos_text = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
     let add_bos = vocab.should_add_bos() && (bos_text.is_empty() || !text.starts_with(&bos_text));

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod llama;
+pub mod llama_embed;
 pub mod rkllm;
 pub mod sampling;
 pub mod stop;
