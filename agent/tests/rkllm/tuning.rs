@@ -50,6 +50,7 @@ async fn tuning_is_applied_on_load_restored_when_idle_and_at_shutdown_with_telem
     assert!(m.contains("rockchip_llama_board_temperature_celsius{zone=\"npu-thermal\"}"), "{m}");
     assert!(m.contains("rockchip_llama_npu_load_percent{core=\"2\"}"), "{m}");
     assert!(m.contains("rockchip_llama_board_tuned 1"), "{m}");
+    assert!(m.contains("rockchip_llama_clock_frequency_hertz{device=\"fdab0000.npu\"}"), "{m}");
     let (_, st) = n.agent.get("/internal/v1/status").await;
     assert_eq!((st["board"]["soc"].as_str(), st["big_core_mask"].as_str()), (Some("rk3588"), Some("0xf0")), "{st}");
     assert_eq!(st["tuning"]["applied"], true);
@@ -101,4 +102,21 @@ async fn doctor_reports_on_the_fixture_board() {
     assert!(rk3576.contains("FAIL"), "a model converted for another SoC blocks: {report}");
     assert_eq!(out.status.code(), Some(1), "a FAIL line means exit 1:\n{report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn llama_threads_are_pinned_to_the_big_cores_the_board_reports() {
+    // A board whose fastest cluster is CPUs 0-3 (the fixture with policy0 raised), so the pin can
+    // take effect on a small test machine: the CPUs it may use of those are the ones pinned.
+    let fx = board::fixture::FixtureCopy::rk3588().unwrap();
+    std::fs::write(fx.root().join("sys/devices/system/cpu/cpufreq/policy0/cpuinfo_max_freq"), "3000000\n").unwrap();
+    let root = fx.root().display().to_string();
+    let a = Agent::start(&[smollm2()], &["--engine", "llama", "--sysfs-root", &root]).await;
+    let (s, r) = a.post("/v1/chat/completions", &chat(SMOL, "Hi", json!({"max_tokens": 2}))).await;
+    assert_eq!(s, 200, "{r}");
+    let line = a.log_text().lines().find(|l| l.contains("llama.cpp threads pinned")).map(str::to_owned);
+    let line = line.unwrap_or_else(|| panic!("no pinning line:\n{}", a.log_text()));
+    assert!(line.contains("cpus=[0"), "{line}");
+    let (_, st) = a.get("/internal/v1/status").await;
+    assert_eq!(st["big_core_mask"], "0xf", "{st}");
 }
