@@ -101,11 +101,28 @@ pub struct Effective {
     pub loras: BTreeMap<String, std::path::PathBuf>,
 }
 
+/// Why the config file could not be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cfg: Self = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let cfg: Self = serde_saphyr::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.to_string() })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: shown, message })?;
         Ok(cfg)
     }
 

@@ -9,9 +9,8 @@ use board::{BoardInfo, Check, Status, Sysfs, Telemetry, VENDOR_NOFILE};
 use clap::Args;
 
 use crate::{
-    cli::ModelArgs,
     engine::{Engine, LoadSpec, rkllm::Runtime},
-    models::{Format, ModelEntry},
+    models::{Format, ModelArgs, ModelEntry},
     node::{BoardArgs, TuneMode},
     npu::{self, NpuArgs},
 };
@@ -30,8 +29,8 @@ pub struct DoctorArgs {
     pub probe_models: bool,
 }
 
-/// Prints the report; returns the process exit code.
-pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
+/// Prints the report; returns whether nothing blocks serving (the process exits 1 when not).
+pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
     let fs = Sysfs::new(&args.board.sysfs_root);
     let info = BoardInfo::detect(&fs);
     let telemetry = Telemetry::read(&fs);
@@ -44,9 +43,9 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
     let runtime = match npu::lib_path(&args.npu) {
         Err(e) => {
             rt_checks.push(if npu_board {
-                Check::fail("runtime", e)
+                Check::fail("runtime", e.to_string())
             } else {
-                Check::warn("runtime", e + " (CPU engine only)")
+                Check::warn("runtime", format!("{e} (CPU engine only)"))
             });
             None
         }
@@ -67,7 +66,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
         Err(_) => Check::ok("RKLLM_LOG_LEVEL", "unset (set 1 to have the runtime print per-run speed)"),
     });
 
-    let registry = crate::cli::registry(&args.models)?;
+    let registry = args.models.open()?;
     let models = registry.list();
     let mut model_checks = Vec::new();
     if models.is_empty() {
@@ -76,7 +75,8 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
     let soc = info.soc.as_ref().map(|s| s.id().to_ascii_lowercase());
     let engine = runtime
         .as_ref()
-        .map(|rt| npu::engine(Arc::clone(rt), &args.npu, &args.models.models_dir, info.big_core_mask() as u32));
+        .map(|rt| npu::engine(Arc::clone(rt), &args.npu, &args.models.models_dir, info.big_core_mask() as u32))
+        .transpose()?;
     for m in &models {
         model_checks.push(model_check(m, soc.as_deref(), engine.as_deref(), args.probe_models));
     }
@@ -84,7 +84,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<i32> {
     let sections = [("Board", board_checks), ("Runtime", rt_checks), ("Models", model_checks)];
     print!("{}", board::render(&sections));
     let worst = sections.iter().map(|(_, c)| board::worst(c)).max().unwrap_or(Status::Ok);
-    Ok(i32::from(worst == Status::Fail))
+    Ok(worst != Status::Fail)
 }
 
 /// The platform a `.rkllm` file name says it was converted for (`…_rk3588.rkllm`, `-rk3576-`).
@@ -129,7 +129,6 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         prefix_cache: false,
         family: m.family.clone(),
         sampling: m.settings.sampling.clone(),
-        domain: 0,
         loras: Vec::new(),
         cpus: Vec::new(),
     };

@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// A value that is not a keep-alive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeepAliveError {
+    #[error("keep_alive: invalid duration {0:?}")]
+    Duration(String),
+    #[error("keep_alive must be a duration string or a number of seconds, got {0}")]
+    Type(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepAlive {
     Forever,
@@ -18,15 +27,15 @@ pub enum KeepAlive {
 pub const DEFAULT: KeepAlive = KeepAlive::For(Duration::from_secs(300));
 
 impl KeepAlive {
-    pub fn from_json(v: &Value) -> Result<Self, String> {
+    pub fn from_json(v: &Value) -> Result<Self, KeepAliveError> {
         match v {
-            Value::Number(n) => n.as_f64().map(Self::from_secs).ok_or_else(|| "keep_alive: not a number".into()),
+            Value::Number(n) => n.as_f64().map(Self::from_secs).ok_or_else(|| KeepAliveError::Type(n.to_string())),
             Value::String(s) => Self::parse(s),
-            other => Err(format!("keep_alive must be a duration string or a number of seconds, got {other}")),
+            other => Err(KeepAliveError::Type(other.to_string())),
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, KeepAliveError> {
         let s = s.trim();
         if let Ok(secs) = s.parse::<f64>() {
             return Ok(Self::from_secs(secs));
@@ -35,7 +44,7 @@ impl KeepAlive {
             Some(rest) => (true, rest),
             None => (false, s.strip_prefix('+').unwrap_or(s)),
         };
-        let d = parse_go_duration(body).ok_or_else(|| format!("keep_alive: invalid duration {s:?}"))?;
+        let d = parse_go_duration(body).ok_or_else(|| KeepAliveError::Duration(s.to_owned()))?;
         Ok(if neg && !d.is_zero() { Self::Forever } else { Self::For(d) })
     }
 

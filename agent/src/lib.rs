@@ -1,15 +1,18 @@
 //! RockchipLlama node agent: serves the OpenAI and Ollama HTTP APIs from models in a local
 //! directory, on RKLLM (the RK3588 NPU) for `.rkllm` files and llama.cpp (CPU) for `.gguf`.
 //!
-//! Layering (dependencies point down):
+//! Layering (dependencies point down; `tests/architecture.rs` fails on an import cycle):
 //! ```text
-//!   cli, doctor ─► api (openai, ollama, embed, ops, error) ─► sched (residency, queues) ─► engine (llama, rkllm)
-//!       │                 │                                     └─► models (discovery, names, catalog, gguf)
-//!       │                 └─► store (pull/delete), template, tools, keepalive, config, metrics
-//!       └─► npu (runtime flags), node (board facts, tuning, telemetry) ─► board crate (sysfs)
+//!   main ─► cli ─► app (composition root) ─► api (HTTP only) ─► serve (generation) ─► sched ─► engine
+//!            └─► doctor                        │                   │                  │
+//!                                              ├─► store           ├─► template, tools └─► models ─► config
+//!                                              └─► node, status ─► board crate          (names, catalog, gguf)
+//!   leaves: keepalive, size, metrics, npu (RKLLM flags)
 //! ```
+//! docs/architecture.md walks through the layers and where each kind of change goes.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod doctor;
@@ -20,6 +23,9 @@ pub mod models;
 pub mod node;
 pub mod npu;
 pub mod sched;
+pub mod serve;
+pub mod size;
+pub mod status;
 pub mod store;
 pub mod template;
 pub mod tools;

@@ -1,24 +1,21 @@
-//! `rockchip-llama-agent`: see `agent::cli`.
+//! `rockchip-llama-agent`: see `agent::cli`. The only place the process's exit code is decided.
 
-use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::{EnvFilter, fmt};
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = agent::cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("ROCKCHIP_LLAMA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    match cli.log_format {
-        agent::cli::LogFormat::Json => builder.json().init(),
-        agent::cli::LogFormat::Text => builder.init(),
+    if let Err(e) = cli.log.init() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
     }
     match cli.run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

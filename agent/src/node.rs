@@ -12,11 +12,61 @@ use std::{
     time::{Duration, Instant},
 };
 
-use board::{BoardInfo, NofileOutcome, Sysfs, Telemetry, TuneOptions, Tuner};
+use board::{BoardInfo, HostFacts, NofileOutcome, Sysfs, Telemetry, TuneOptions, Tuner};
 use clap::{Args, ValueEnum};
-use serde_json::{Value, json};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::keepalive::KeepAlive;
+
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Board telemetry, set at scrape time: °C per thermal zone, NPU load % per core, Hz per clock.
+pub struct BoardMetrics {
+    pub temperature: Family<Labels, FloatGauge>,
+    pub npu_load: Family<Labels, FloatGauge>,
+    pub frequency: Family<Labels, FloatGauge>,
+    /// 1 while the board's clocks are pinned by the agent.
+    pub tuned: Gauge,
+}
+
+impl BoardMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            temperature: Family::default(),
+            npu_load: Family::default(),
+            frequency: Family::default(),
+            tuned: Gauge::default(),
+        };
+        r.register("board_temperature_celsius", "Thermal zone temperature", m.temperature.clone());
+        r.register("npu_load_percent", "NPU load per core", m.npu_load.clone());
+        r.register("clock_frequency_hertz", "Current CPU policy, NPU, DDR and GPU clock", m.frequency.clone());
+        r.register("board_tuned", "1 while the agent pins the board's clocks", m.tuned.clone());
+        m
+    }
+}
+
+/// A board flag that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("--tune-idle-restore {0:?}: expected a duration such as 10m")]
+pub struct IdleRestoreError(String);
+
+/// Tuning as the status endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuningState {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<TuneOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved: Option<Vec<board::Write>>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TuneMode {
@@ -50,28 +100,21 @@ pub struct Node {
     pub nofile: NofileOutcome,
     tuner: Option<Mutex<Tuner>>,
     pub idle_restore: Duration,
-    /// The runtime the agent opened, or why not.
-    pub runtime: Value,
 }
 
 impl Node {
     /// `info` is what `BoardInfo::detect` read under `args.sysfs_root` at start.
-    pub fn new(args: &BoardArgs, info: BoardInfo, nofile: NofileOutcome, runtime: Value) -> Result<Self, String> {
+    pub fn new(args: &BoardArgs, info: BoardInfo, nofile: NofileOutcome) -> Result<Self, IdleRestoreError> {
         let fs = Sysfs::new(&args.sysfs_root);
-        let idle_restore = crate::keepalive::KeepAlive::parse(&args.tune_idle_restore)
-            .ok()
-            .and_then(|k| match k {
-                crate::keepalive::KeepAlive::For(d) => Some(d),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                format!("--tune-idle-restore {:?}: expected a duration such as 10m", args.tune_idle_restore)
-            })?;
+        let idle_restore = match KeepAlive::parse(&args.tune_idle_restore) {
+            Ok(KeepAlive::For(d)) => d,
+            _ => return Err(IdleRestoreError(args.tune_idle_restore.clone())),
+        };
         let tuner = (args.tune == TuneMode::On).then(|| {
             let opts = TuneOptions { gpu: args.tune_gpu, disable_cpuidle: args.tune_cpuidle };
             Mutex::new(Tuner::new(fs.clone(), info.clone(), opts))
         });
-        Ok(Self { fs, info, nofile, tuner, idle_restore, runtime })
+        Ok(Self { fs, info, nofile, tuner, idle_restore })
     }
 
     fn tuner(&self) -> Option<std::sync::MutexGuard<'_, Tuner>> {
@@ -106,11 +149,23 @@ impl Node {
         }
     }
 
-    /// Restores the clocks once nothing has been loaded for `idle_restore`. Runs forever.
-    pub async fn idle_watch(self: Arc<Self>, nothing_loaded: impl Fn() -> bool + Send + 'static) {
+    /// Memory and CPUs of this board (the fixture's under `--sysfs-root`).
+    pub fn host(&self) -> HostFacts {
+        HostFacts::read(&self.fs)
+    }
+
+    /// Restores the clocks once nothing has been loaded for `idle_restore`, until `cancel`.
+    pub async fn idle_watch(
+        self: Arc<Self>,
+        nothing_loaded: impl Fn() -> bool + Send + 'static,
+        cancel: CancellationToken,
+    ) {
         let mut idle_since: Option<Instant> = None;
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
             if !nothing_loaded() {
                 idle_since = None;
                 continue;
@@ -123,24 +178,21 @@ impl Node {
         }
     }
 
-    /// Board facts, telemetry and tuning state as JSON.
-    pub fn status(&self) -> Value {
-        let t = Telemetry::read(&self.fs);
-        json!({
-            "board": self.info,
-            "big_core_mask": format!("{:#x}", self.info.big_core_mask()),
-            "telemetry": t,
-            "tuning": match self.tuner() {
-                None => json!({"enabled": false}),
-                Some(tu) => json!({"enabled": true, "applied": tu.is_applied(), "options": tu.options(), "saved": tu.saved()}),
+    /// Tuning state for the status endpoint.
+    pub fn tuning_state(&self) -> TuningState {
+        match self.tuner() {
+            None => TuningState { enabled: false, applied: None, options: None, saved: None },
+            Some(tu) => TuningState {
+                enabled: true,
+                applied: Some(tu.is_applied()),
+                options: Some(tu.options()),
+                saved: Some(tu.saved().to_vec()),
             },
-            "open_files": self.nofile,
-            "runtime": self.runtime,
-        })
+        }
     }
 
     /// Sets the board gauges from a fresh telemetry read (called when `/metrics` is scraped).
-    pub fn update_metrics(&self, m: &Metrics) {
+    pub fn update_metrics(&self, m: &BoardMetrics) {
         let t = Telemetry::read(&self.fs);
         for z in &t.thermal {
             m.temperature.get_or_create(&vec![("zone".to_owned(), z.kind.clone())]).set(z.celsius);

@@ -7,10 +7,27 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 
-use crate::engine::{
-    Engine,
-    rkllm::{self, AbiChoice, PromptCacheDir, RkllmEngine, RkllmOptions, Runtime},
+use crate::{
+    engine::{
+        Engine,
+        rkllm::{self, AbiChoice, PromptCacheDir, RkllmEngine, RkllmOptions, Runtime},
+    },
+    size::{Size, SizeError},
 };
+
+/// Why the NPU runtime or its settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NpuError {
+    #[error("no RKLLM runtime found (looked in {looked}); set --rkllm-lib")]
+    NoLibrary { looked: String },
+    /// The library did not open, or its version is not one the agent binds to.
+    #[error("{0}")]
+    Open(String),
+    #[error("--npu-domain-memory: {0}")]
+    DomainMemory(#[from] SizeError),
+    #[error("--npu-domain-memory: give a size such as 4GiB (auto is not defined for it)")]
+    DomainMemoryAuto,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct NpuArgs {
@@ -47,29 +64,36 @@ pub struct NpuArgs {
 }
 
 /// The runtime library to open: the flag, else the first default path.
-pub fn lib_path(args: &NpuArgs) -> Result<PathBuf, String> {
+pub fn lib_path(args: &NpuArgs) -> Result<PathBuf, NpuError> {
     match &args.rkllm_lib {
         Some(p) => Ok(p.clone()),
-        None => rkllm::find_lib().ok_or_else(|| {
-            format!("no RKLLM runtime found (looked in {}); set --rkllm-lib", rkllm::DEFAULT_LIB_PATHS.join(", "))
-        }),
+        None => rkllm::find_lib().ok_or_else(|| NpuError::NoLibrary { looked: rkllm::DEFAULT_LIB_PATHS.join(", ") }),
     }
 }
 
 /// Opens the runtime named by the flags.
-pub fn open_runtime(args: &NpuArgs) -> Result<Arc<Runtime>, String> {
+pub fn open_runtime(args: &NpuArgs) -> Result<Arc<Runtime>, NpuError> {
     let path = lib_path(args)?;
-    Runtime::open(&path, args.rkllm_abi).map(Arc::new)
+    Runtime::open(&path, args.rkllm_abi).map(Arc::new).map_err(NpuError::Open)
 }
 
 /// The RKLLM engine, with instances pinned to `cpus` (the board's big cores).
-pub fn engine(rt: Arc<Runtime>, args: &NpuArgs, models_dir: &std::path::Path, cpus_mask: u32) -> Arc<dyn Engine> {
+pub fn engine(
+    rt: Arc<Runtime>,
+    args: &NpuArgs,
+    models_dir: &std::path::Path,
+    cpus_mask: u32,
+) -> Result<Arc<dyn Engine>, NpuError> {
+    let npu_domain_bytes = match Size::parse(&args.npu_domain_memory)? {
+        Size::Bytes(b) => b,
+        Size::Auto => return Err(NpuError::DomainMemoryAuto),
+    };
     let prompt_cache = args.prompt_cache.then(|| PromptCacheDir {
         dir: args.prompt_cache_dir.clone().unwrap_or_else(|| models_dir.join(".prompt-cache")),
         max_files: args.prompt_cache_files.max(1),
     });
     let (mask, num) = if cpus_mask == 0 { (0xF0, 4) } else { (cpus_mask, cpus_mask.count_ones() as i8) };
-    Arc::new(RkllmEngine::new(
+    Ok(Arc::new(RkllmEngine::new(
         rt,
         RkllmOptions {
             cpus_mask: mask,
@@ -77,6 +101,8 @@ pub fn engine(rt: Arc<Runtime>, args: &NpuArgs, models_dir: &std::path::Path, cp
             embed_flash: args.rkllm_embed_flash,
             prompt_cache,
             batch_wait: Duration::from_millis(args.rkllm_batch_wait_ms),
+            npu_domains: args.npu_domains,
+            npu_domain_bytes,
         },
-    ))
+    )))
 }

@@ -10,6 +10,7 @@
 //!        │                    │
 //!        └──► Telemetry::read ┴──► board_checks() ──► render()   (doctor report)
 //!   raise_nofile() ─────────────────────┘
+//!   HostFacts::read (memory, CPUs: sysinfo on `/`, the tree's proc/meminfo under a fixture root)
 //! ```
 //!
 //! Every file access goes through [`Sysfs`], whose root is `/` on a board and a copy of
@@ -22,6 +23,7 @@ mod affinity;
 mod detect;
 mod doctor;
 pub mod fixture;
+mod host;
 mod limits;
 mod sysfs;
 mod telemetry;
@@ -32,6 +34,7 @@ use std::{io, path::PathBuf};
 pub use affinity::pin_current_thread;
 pub use detect::{BoardInfo, CpuPolicy, DevfreqNode, NpuDriver, Soc, Version};
 pub use doctor::{Check, Status, board_checks, render, worst};
+pub use host::{DiskSpace, HostFacts, count_cpu_list, parse_meminfo};
 pub use limits::{NofileOutcome, VENDOR_NOFILE, raise_nofile};
 pub use sysfs::Sysfs;
 pub use telemetry::{CpuFreq, DevfreqState, NpuLoad, Telemetry, ThermalZone, parse_npu_load};

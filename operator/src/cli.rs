@@ -3,38 +3,25 @@
 
 use std::{
     fs,
-    io::{self, IsTerminal, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use api_types::log::LogArgs;
+use clap::{Parser, Subcommand};
 
 /// Kubernetes operator for RockchipLlama.
 #[derive(Debug, Parser)]
 #[command(name = "rockchip-llama-operator", version, about)]
 pub struct Args {
-    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `rockchip_llama_operator=debug`.
-    #[arg(long, global = true, env = "ROCKCHIP_LLAMA_LOG", default_value = "info")]
-    pub log: String,
-
-    /// Log line format.
-    #[arg(long, global = true, env = "ROCKCHIP_LLAMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
+    /// `--log` and `--log-format`, shared with the agent.
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// Subcommands.
@@ -56,8 +43,8 @@ pub struct CrdArgs {
 impl Args {
     /// Runs the selected command.
     pub fn run(self) -> anyhow::Result<()> {
-        let Self { log, log_format, command } = self;
-        init_tracing(&log, log_format)?;
+        let Self { log, command } = self;
+        log.init()?;
         match command {
             Command::Crd(args) => args.run(),
         }
@@ -84,18 +71,6 @@ pub fn write_crd_files(dir: &Path) -> anyhow::Result<()> {
         let path = dir.join(&file.file_name);
         fs::write(&path, &file.contents).with_context(|| format!("writing {}", path.display()))?;
         tracing::info!(path = %path.display(), "wrote CRD");
-    }
-    Ok(())
-}
-
-/// Logs go to stderr so that stdout carries only command output (the CRD YAML).
-fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(io::stderr().is_terminal());
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
     Ok(())
 }

@@ -1,20 +1,21 @@
-//! The HTTP surface: route table, shared state, auth and metrics middleware.
+//! The HTTP surface: route table, shared state, middleware. HTTP only: handlers parse their
+//! API's request into the serve layer's terms and turn what comes back into their API's shape;
+//! every decision is made below, in `serve` and `sched`.
 //!
 //! ```text
 //!  /v1/*  OpenAI shape errors ─┐
-//!  /api/* Ollama shape errors ─┼─ auth (Bearer, constant-time) ─ metrics (route template) ─ handlers
+//!  /api/* Ollama shape errors ─┼─ request id ─ auth (Bearer, constant-time) ─ metrics (route template) ─ handlers
 //!  /healthz /readyz /metrics / ┘  (no auth for health and GET|HEAD /)
 //! ```
 
 pub mod embed;
 pub mod error;
-pub mod infer;
-pub mod jsoncheck;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
-pub mod schema;
-pub mod think;
+pub mod params;
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::{
@@ -24,41 +25,81 @@ use std::{
     time::Instant,
 };
 
+use api_types::{
+    ApiError, BODY_LIMIT,
+    auth::{self, ApiKeys},
+    error::shape_for_path,
+    request_id,
+};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderMap, header},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
-use subtle::ConstantTimeEq;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
-use self::error::{AppError, OaiError, OllamaError};
-use crate::{metrics::Metrics, sched::Scheduler, store::PullLocks};
+use crate::{
+    metrics::request_histogram,
+    node::{BoardMetrics, Node},
+    serve::Service,
+    status::RuntimeState,
+    store::PullLocks,
+};
 
-/// Largest request body accepted (bytes). Chat histories of a few thousand tokens are tens of
-/// kilobytes; this leaves room for long documents while bounding memory per request.
-pub const BODY_LIMIT: usize = 4 << 20;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
 
-/// State shared by every handler.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: String,
+}
+
+/// HTTP metrics, by route template (never by raw path).
+pub struct HttpMetrics {
+    pub requests: Family<RouteLabels, Counter>,
+    pub request_duration: Family<RouteOnly, Histogram, fn() -> Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self { requests: Family::default(), request_duration: Family::new_with_constructor(request_histogram) };
+        r.register("http_requests", "HTTP requests by route template and status", m.requests.clone());
+        r.register("http_request_duration_seconds", "HTTP request duration", m.request_duration.clone());
+        m
+    }
+}
+
+/// State shared by every handler: handles on the services below, owned by `app::Agent`.
 #[derive(Clone)]
 pub struct AppState {
-    pub sched: Arc<Scheduler>,
-    pub metrics: Arc<Metrics>,
+    pub serve: Arc<Service>,
+    pub http_metrics: Arc<HttpMetrics>,
+    pub board_metrics: Arc<BoardMetrics>,
+    /// The process's metrics registry, encoded on `/metrics`.
+    pub registry: Arc<Registry>,
     /// Accepted API keys; `None` = no auth.
-    pub keys: Option<Arc<Vec<String>>>,
+    pub keys: Option<Arc<ApiKeys>>,
     /// Client for `/api/pull` downloads.
     pub http: reqwest::Client,
     pub pulls: Arc<PullLocks>,
-    /// Model used when a request names none (`--default-model`).
-    pub default_model: Option<String>,
     /// False until start-up work (default model load) is done, and again while shutting down.
     pub ready: Arc<AtomicBool>,
     /// The board: facts, tuning, telemetry.
-    pub node: Option<Arc<crate::node::Node>>,
+    pub node: Arc<Node>,
+    /// The RKLLM runtime opened at start, or why none.
+    pub runtime: RuntimeState,
 }
 
 #[derive(OpenApi)]
@@ -92,19 +133,19 @@ pub struct AppState {
         ops::root,
     ),
     components(schemas(
-        openai::ChatCompletionRequest,
-        openai::CompletionRequest,
-        openai::OaiSampling,
-        openai::StreamOptions,
-        openai::ModelAction,
-        ollama::ChatRequest,
-        ollama::GenerateRequest,
-        ollama::Options,
-        ollama::ShowRequest,
-        ollama::DeleteRequest,
-        ollama::PullRequest,
-        embed::EmbeddingRequest,
-        embed::EmbedRequest,
+        api_types::openai::ChatCompletionRequest,
+        api_types::openai::CompletionRequest,
+        api_types::openai::OaiSampling,
+        api_types::openai::StreamOptions,
+        api_types::openai::ModelAction,
+        api_types::ollama::ChatRequest,
+        api_types::ollama::GenerateRequest,
+        api_types::ollama::Options,
+        api_types::ollama::ShowRequest,
+        api_types::ollama::DeleteRequest,
+        api_types::ollama::PullRequest,
+        api_types::openai::EmbeddingRequest,
+        api_types::ollama::EmbedRequest,
     ))
 )]
 pub struct ApiDoc;
@@ -140,52 +181,17 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/", get(ops::root).head(ops::root))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.keys.clone(), auth::require_key))
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(request_id::layer))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Is this an Ollama route (errors in Ollama's shape)?
-fn ollama_path(path: &str) -> bool {
-    path.starts_with("/api/")
-}
-
-fn error_for(path: &str, e: AppError) -> Response {
-    if ollama_path(path) { OllamaError(e).into_response() } else { OaiError(e).into_response() }
-}
-
 async fn not_found(req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    error_for(&path, AppError::NotFound(format!("no route for {} {path}", req.method())))
-}
-
-/// Bearer-token check. Health probes and `GET|HEAD /` stay open so load balancers and Ollama
-/// clients' liveness checks work without a key.
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(keys) = &st.keys else { return next.run(req).await };
-    let path = req.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/") {
-        return next.run(req).await;
-    }
-    if key_ok(req.headers(), keys) { next.run(req).await } else { error_for(path, AppError::Unauthorized) }
-}
-
-fn key_ok(headers: &HeaderMap, keys: &[String]) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
-        return false;
-    };
-    // Compare against every key without stopping early, each in constant time.
-    let mut ok = 0u8;
-    for k in keys {
-        ok |= u8::from(bool::from(k.as_bytes().ct_eq(given.trim().as_bytes())));
-    }
-    ok == 1
+    ApiError::NotFound(format!("no route for {} {path}", req.method())).into_response_as(shape_for_path(&path))
 }
 
 /// Counts requests and their duration by route template (never by raw path).
@@ -195,11 +201,9 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
     let method = req.method().to_string();
     let t0 = Instant::now();
     let resp = next.run(req).await;
-    st.metrics
-        .requests
-        .get_or_create(&crate::metrics::RouteLabels { method, route: route.clone(), status: resp.status().as_u16() })
-        .inc();
-    st.metrics.request_duration.get_or_create(&crate::metrics::RouteOnly { route }).observe(t0.elapsed().as_secs_f64());
+    let m = &st.http_metrics;
+    m.requests.get_or_create(&RouteLabels { method, route: route.clone(), status: resp.status().as_u16() }).inc();
+    m.request_duration.get_or_create(&RouteOnly { route }).observe(t0.elapsed().as_secs_f64());
     resp
 }
 
@@ -210,22 +214,8 @@ impl AppState {
 }
 
 #[cfg(test)]
-mod tests {
+mod doc_tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn bearer_keys() {
-        let keys = vec!["k1".to_owned(), "secret".to_owned()];
-        let mut h = HeaderMap::new();
-        assert!(!key_ok(&h, &keys));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
-        assert!(key_ok(&h, &keys));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secre"));
-        assert!(!key_ok(&h, &keys));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic secret"));
-        assert!(!key_ok(&h, &keys));
-    }
 
     #[test]
     fn openapi_lists_every_public_route() {

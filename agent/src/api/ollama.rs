@@ -5,6 +5,11 @@
 
 use std::{convert::Infallible, sync::Arc, time::SystemTime};
 
+use api_types::{
+    ApiError, ErrorShape, OllamaError, OllamaJson,
+    ollama::{ChatRequest, DeleteRequest, GenerateRequest, Options, PullRequest, ShowRequest},
+    request_id,
+};
 use axum::{
     Json,
     body::Body,
@@ -14,128 +19,39 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use utoipa::ToSchema;
 
-use super::{
-    AppState,
-    error::{AppError, OllamaError, OllamaJson},
-    infer::{self, GenParams, OutputFormat, Prompt, Running},
-};
+use super::{AppState, params};
 use crate::{
-    engine::{Event, FinishReason, Perf},
+    engine::{FinishReason, OutputFormat, Perf},
     keepalive::KeepAlive,
     models::ModelEntry,
+    serve::{self, GenParams, Output, Prompt, Running},
     tools,
 };
 
-/// Modelfile `options` the agent honours; others are accepted and ignored (see docs/api.md).
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct Options {
-    /// Tokens to generate; -1 = until the context is full.
-    pub num_predict: Option<i64>,
-    /// Caps prompt plus generation within the model's loaded context window.
-    pub num_ctx: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_k: Option<i32>,
-    pub top_p: Option<f32>,
-    pub min_p: Option<f32>,
-    pub seed: Option<i64>,
-    #[schema(schema_with = super::schema::stop)]
-    pub stop: Option<Value>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-}
-
-/// `POST /api/chat` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}], "stream": false, "options": {"num_predict": 8}}))]
-pub struct ChatRequest {
-    pub model: String,
-    #[serde(default)]
-    #[schema(schema_with = super::schema::ollama_messages, required = false)]
-    pub messages: Vec<Value>,
-    #[schema(schema_with = super::schema::tools)]
-    pub tools: Option<Vec<Value>>,
-    /// `"json"` or a JSON schema.
-    #[schema(schema_with = super::schema::format)]
-    pub format: Option<Value>,
-    pub options: Option<Options>,
-    /// Defaults to true.
-    pub stream: Option<bool>,
-    /// A duration (`"5m"`), seconds, negative = forever, 0 = unload after this request.
-    #[schema(schema_with = super::schema::keep_alive)]
-    pub keep_alive: Option<Value>,
-    /// Thinking is not supported by the CPU test models; `true` is refused.
-    #[schema(schema_with = super::schema::think)]
-    pub think: Option<Value>,
-}
-
-/// `POST /api/generate` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "Why is the sky blue?", "stream": false, "options": {"num_predict": 8}}))]
-pub struct GenerateRequest {
-    pub model: String,
-    #[serde(default)]
-    #[schema(required = false)]
-    pub prompt: String,
-    pub system: Option<String>,
-    /// Send the prompt without the chat template.
-    pub raw: Option<bool>,
-    /// Not supported; refused when non-empty.
-    pub suffix: Option<String>,
-    /// Go templates are not supported; refused when non-empty.
-    pub template: Option<String>,
-    #[schema(schema_with = super::schema::format)]
-    pub format: Option<Value>,
-    pub options: Option<Options>,
-    pub stream: Option<bool>,
-    #[schema(schema_with = super::schema::keep_alive)]
-    pub keep_alive: Option<Value>,
-    #[schema(schema_with = super::schema::images)]
-    pub images: Option<Vec<Value>>,
-    #[schema(schema_with = super::schema::think)]
-    pub think: Option<Value>,
-}
-
-/// RFC 3339 UTC timestamp with nanoseconds, as Ollama writes `created_at`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, mo, da) = crate::template::civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!("{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s / 60 % 60, s % 60, d.subsec_nanos())
-}
-
-pub(super) fn parse_keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, AppError> {
-    v.filter(|v| !v.is_null()).map(KeepAlive::from_json).transpose().map_err(|m| AppError::bad("keep_alive", m))
-}
-
-fn parse_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
+fn parse_format(v: Option<&Value>) -> Result<Option<OutputFormat>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) if s == "json" => Ok(Some(OutputFormat::JsonObject)),
         Some(Value::Object(_)) => Ok(Some(OutputFormat::Schema(v.cloned().unwrap_or_default()))),
-        Some(_) => Err(AppError::bad("format", "format must be \"json\" or a JSON schema object")),
+        Some(_) => Err(ApiError::bad("format", "format must be \"json\" or a JSON schema object")),
     }
 }
 
 /// Ollama `think`: `true` or a level asks for reasoning; whether the model can is checked once
-/// it is loaded (`infer::start`).
-fn parse_think(v: Option<&Value>) -> Result<bool, AppError> {
+/// it is found (`serve::Service::generate`).
+fn parse_think(v: Option<&Value>) -> Result<bool, ApiError> {
     match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
         Some(Value::Bool(true)) => Ok(true),
         Some(Value::String(l)) if ["low", "medium", "high"].contains(&l.as_str()) => Ok(true),
-        Some(_) => Err(AppError::bad("think", "think must be a boolean or one of low, medium, high")),
+        Some(_) => Err(ApiError::bad("think", "think must be a boolean or one of low, medium, high")),
     }
 }
 
-fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, AppError> {
+fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, ApiError> {
     let Some(o) = o else { return Ok(None) };
     let q = &mut p.sampling;
     macro_rules! set {
@@ -143,7 +59,7 @@ fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, 
     }
     set!(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty);
     if let Some(seed) = o.seed {
-        q.seed = Some(infer::fold_seed(seed));
+        q.seed = Some(params::fold_seed(seed));
     }
     match o.num_predict {
         None => {}
@@ -151,10 +67,10 @@ fn apply_options(o: Option<&Options>, p: &mut GenParams) -> Result<Option<u32>, 
         Some(n) => p.max_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX)),
     }
     if o.stop.is_some() {
-        p.stop = infer::parse_stop(o.stop.as_ref())?;
+        p.stop = params::parse_stop(o.stop.as_ref())?;
     }
     if o.num_ctx == Some(0) {
-        return Err(AppError::bad("num_ctx", "num_ctx must be positive"));
+        return Err(ApiError::bad("num_ctx", "num_ctx must be positive"));
     }
     Ok(o.num_ctx)
 }
@@ -167,7 +83,7 @@ fn gen_params(
     options: Option<&Options>,
     format: Option<&Value>,
     keep_alive: Option<KeepAlive>,
-) -> Result<GenParams, AppError> {
+) -> Result<GenParams, ApiError> {
     let mut params = GenParams::for_model(entry);
     let num_ctx = apply_options(options, &mut params)?;
     params.context_limit = num_ctx.filter(|&n| n < entry.context);
@@ -183,17 +99,17 @@ pub async fn chat(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<ChatRequest>,
 ) -> Result<Response, OllamaError> {
-    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    let (entry, adapter) = st.serve.find_for_generation(&req.model)?;
     let think = parse_think(req.think.as_ref())?;
-    let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
+    let keep_alive = params::keep_alive(req.keep_alive.as_ref())?;
     if req.messages.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, false).await?);
     }
     let mut params = gen_params(&entry, req.options.as_ref(), req.format.as_ref(), keep_alive)?;
     (params.think, params.adapter) = (think, adapter);
-    let messages = infer::normalize_messages(&req.messages)?;
+    let messages = serve::normalize_messages(&req.messages)?;
     let tools = req.tools.filter(|t| !t.is_empty()).map(Value::Array);
-    let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
+    let run = st.serve.generate(&entry, Prompt::Chat { messages, tools }, params).await?;
     respond(run, req.stream.unwrap_or(true), Kind::Chat).await
 }
 
@@ -204,17 +120,17 @@ pub async fn generate(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<GenerateRequest>,
 ) -> Result<Response, OllamaError> {
-    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    let (entry, adapter) = st.serve.find_for_generation(&req.model)?;
     let think = parse_think(req.think.as_ref())?;
-    let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
+    let keep_alive = params::keep_alive(req.keep_alive.as_ref())?;
     if req.images.as_ref().is_some_and(|i| !i.is_empty()) {
-        return Err(AppError::bad("images", "images are not supported by this model").into());
+        return Err(ApiError::bad("images", "images are not supported by this model").into());
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(AppError::bad("suffix", "suffix is not supported").into());
+        return Err(ApiError::bad("suffix", "suffix is not supported").into());
     }
     if req.template.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(AppError::bad("template", "Go templates are not supported; configure chat_template instead").into());
+        return Err(ApiError::bad("template", "Go templates are not supported; configure chat_template instead").into());
     }
     if req.prompt.is_empty() {
         return Ok(load_or_unload(&st, &entry, keep_alive, true).await?);
@@ -231,7 +147,7 @@ pub async fn generate(
         messages.push(json!({"role": "user", "content": req.prompt}));
         Prompt::Chat { messages, tools: None }
     };
-    let run = infer::start(&st, &entry, prompt, params).await?;
+    let run = st.serve.generate(&entry, prompt, params).await?;
     respond(run, req.stream.unwrap_or(true), Kind::Generate).await
 }
 
@@ -241,16 +157,15 @@ async fn load_or_unload(
     entry: &Arc<ModelEntry>,
     ka: Option<KeepAlive>,
     generate: bool,
-) -> Result<Response, AppError> {
+) -> Result<Response, ApiError> {
     let reason = if ka.is_some_and(|k| k.is_zero()) {
-        st.sched.unload(&entry.name);
+        st.serve.unload(&entry.name);
         "unload"
     } else {
-        let ka = st.sched.keep_alive_for(entry, ka);
-        st.sched.load(entry, ka).await?;
+        st.serve.load(entry, ka).await?;
         "load"
     };
-    let mut v = json!({"model": tag(&entry.name), "created_at": rfc3339(SystemTime::now()), "done": true, "done_reason": reason});
+    let mut v = json!({"model": tag(&entry.name), "created_at": params::rfc3339(SystemTime::now()), "done": true, "done_reason": reason});
     if generate {
         v["response"] = json!("");
     } else {
@@ -275,10 +190,12 @@ async fn respond(run: Running, stream: bool, kind: Kind) -> Result<Response, Oll
     // Collected inside the handler: a client that disconnects drops this future, which drops
     // `Running` and cancels the request in the engine.
     let model = tag(run.model_name());
-    let names = run.tool_names.clone();
     let (load, started) = (run.load_duration, run.started);
     let done = run.collect().await?;
-    let mut v = final_object(kind, &model, &done.text, done.reason, &done.perf, load, started, &names);
+    let mut v = final_object(kind, &model, &done.text, done.reason, &done.perf, load, started);
+    if kind == Kind::Chat && !done.tool_calls.is_empty() {
+        v["message"]["tool_calls"] = ollama_calls(&done.tool_calls);
+    }
     if !done.reasoning.is_empty() {
         match kind {
             Kind::Chat => v["message"]["thinking"] = json!(done.reasoning),
@@ -289,32 +206,26 @@ async fn respond(run: Running, stream: bool, kind: Kind) -> Result<Response, Oll
 }
 
 fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
+    let rid = request_id::current();
     async_stream::stream! {
         let model = tag(run.model_name());
-        let buffering = !run.tool_names.is_empty();
-        let mut held = String::new();
-        while let Some(ev) = run.next().await {
-            match ev {
-                Event::Reasoning { text } => yield thinking_piece(kind, &model, &text),
-                Event::Token { text, .. } if buffering => held.push_str(&text),
-                Event::Token { text, .. } => yield piece(kind, &model, &text),
-                Event::Done { reason, perf } => {
-                    let text = if buffering { std::mem::take(&mut held) } else { String::new() };
-                    if buffering {
-                        let (content, calls) = tools::parse(&text, &run.tool_names);
-                        if !calls.is_empty() || !content.is_empty() {
-                            let mut v = piece(kind, &model, &content);
-                            if !calls.is_empty() {
-                                v["message"]["tool_calls"] = ollama_calls(&calls);
-                            }
-                            yield v;
-                        }
+        while let Some(out) = run.next().await {
+            match out {
+                Output::Reasoning(text) => yield thinking_piece(kind, &model, &text),
+                Output::Text(text) => yield piece(kind, &model, &text),
+                Output::ToolCalls(calls) => {
+                    let mut v = piece(kind, &model, "");
+                    if kind == Kind::Chat {
+                        v["message"]["tool_calls"] = ollama_calls(&calls);
                     }
-                    yield final_object(kind, &model, "", reason, &perf, run.load_duration, run.started, &[]);
+                    yield v;
+                }
+                Output::Done { reason, perf } => {
+                    yield final_object(kind, &model, "", reason, &perf, run.load_duration, run.started);
                     break;
                 }
-                Event::Error(e) => {
-                    yield json!({"error": AppError::from(e).to_string()});
+                Output::Error(e) => {
+                    yield ApiError::from(e).stream_body(ErrorShape::Ollama, rid.as_ref());
                     break;
                 }
             }
@@ -323,7 +234,7 @@ fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
 }
 
 fn piece(kind: Kind, model: &str, text: &str) -> Value {
-    let mut v = json!({"model": model, "created_at": rfc3339(SystemTime::now()), "done": false});
+    let mut v = json!({"model": model, "created_at": params::rfc3339(SystemTime::now()), "done": false});
     match kind {
         Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
         Kind::Generate => v["response"] = json!(text),
@@ -341,7 +252,6 @@ fn thinking_piece(kind: Kind, model: &str, text: &str) -> Value {
     v
 }
 
-#[allow(clippy::too_many_arguments)]
 fn final_object(
     kind: Kind,
     model: &str,
@@ -350,16 +260,8 @@ fn final_object(
     perf: &Perf,
     load: std::time::Duration,
     started: std::time::Instant,
-    tool_names: &[String],
 ) -> Value {
     let mut v = piece(kind, model, text);
-    if kind == Kind::Chat && !tool_names.is_empty() {
-        let (content, calls) = tools::parse(text, tool_names);
-        v["message"]["content"] = json!(content);
-        if !calls.is_empty() {
-            v["message"]["tool_calls"] = ollama_calls(&calls);
-        }
-    }
     let ns = |ms: f64| (ms * 1e6) as u64;
     v["done"] = json!(true);
     v["done_reason"] = json!(match reason {
@@ -408,12 +310,13 @@ fn digest(e: &ModelEntry) -> String {
 #[utoipa::path(get, path = "/api/tags", tag = "ollama", responses((status = 200, description = "Local models")))]
 pub async fn tags(State(st): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = st
-        .sched
+        .serve
+        .sched()
         .registry()
         .list()
         .iter()
         .map(|e| {
-            json!({"name": tag(&e.name), "model": tag(&e.name), "modified_at": rfc3339(e.modified),
+            json!({"name": tag(&e.name), "model": tag(&e.name), "modified_at": params::rfc3339(e.modified),
                    "size": e.size, "digest": digest(e), "details": details(e)})
         })
         .collect();
@@ -423,7 +326,8 @@ pub async fn tags(State(st): State<AppState>) -> Json<Value> {
 #[utoipa::path(get, path = "/api/ps", tag = "ollama", responses((status = 200, description = "Loaded models")))]
 pub async fn ps(State(st): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = st
-        .sched
+        .serve
+        .sched()
         .residents()
         .iter()
         .map(|r| {
@@ -433,21 +337,11 @@ pub async fn ps(State(st): State<AppState>) -> Json<Value> {
                 .expires_at()
                 .unwrap_or_else(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799));
             json!({"name": tag(&e.name), "model": tag(&e.name), "size": r.memory(), "digest": digest(e),
-                   "details": details(e), "expires_at": rfc3339(expires), "size_vram": 0,
+                   "details": details(e), "expires_at": params::rfc3339(expires), "size_vram": 0,
                    "context_length": r.instance.facts().n_ctx})
         })
         .collect();
     Json(json!({"models": models}))
-}
-
-/// `POST /api/show` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ShowRequest {
-    /// `name` is accepted as an older spelling.
-    #[serde(alias = "name")]
-    pub model: String,
-    #[serde(default)]
-    pub verbose: bool,
 }
 
 #[utoipa::path(post, path = "/api/show", tag = "ollama", request_body = ShowRequest,
@@ -456,7 +350,7 @@ pub async fn show(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<ShowRequest>,
 ) -> Result<Json<Value>, OllamaError> {
-    let e = infer::find_model(&st, &req.model)?;
+    let e = st.serve.find(&req.model)?;
     let mut info = Map::new();
     let arch = e.meta.architecture.clone().unwrap_or_else(|| e.format.as_str().to_owned());
     info.insert("general.architecture".into(), json!(arch));
@@ -482,19 +376,7 @@ pub async fn show(
         s.temperature, s.top_k, s.top_p, s.min_p, e.context
     );
     let template = e.settings.chat_template.clone().or_else(|| e.meta.chat_template.clone()).unwrap_or_default();
-    let mut caps = vec!["completion", "tools"];
-    if template.is_empty() && e.meta.architecture.as_deref().is_some_and(|a| !a.starts_with("gemma")) {
-        caps.retain(|c| *c != "tools");
-    }
-    // Both engines embed (llama.cpp: a pooled embedding context; RKLLM: the last hidden layer).
-    caps.push("embedding");
-    if e.format == crate::models::Format::Rkllm {
-        // The NPU engine thinks when the model's family does.
-        if crate::engine::rkllm::family::Family::detect(e.family.as_deref(), &e.file_name).is_some_and(|f| f.thinking())
-        {
-            caps.push("thinking");
-        }
-    }
+    let caps = e.capabilities.names();
     Ok(Json(json!({
         "modelfile": format!("# Modelfile generated by rockchip-llama\nFROM {}\n", e.path.display()),
         "parameters": parameters,
@@ -504,7 +386,7 @@ pub async fn show(
         "details": details(&e),
         "model_info": Value::Object(info),
         "capabilities": caps,
-        "modified_at": rfc3339(e.modified),
+        "modified_at": params::rfc3339(e.modified),
     })))
 }
 
@@ -513,39 +395,18 @@ pub async fn version() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// `DELETE /api/delete` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct DeleteRequest {
-    #[serde(alias = "name")]
-    pub model: String,
-}
-
 #[utoipa::path(delete, path = "/api/delete", tag = "ollama", request_body = DeleteRequest,
     responses((status = 200, description = "Deleted"), (status = 404, description = "Unknown model")))]
 pub async fn delete(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<DeleteRequest>,
 ) -> Result<StatusCode, OllamaError> {
-    let e = infer::find_model(&st, &req.model)?;
-    st.sched.unload(&e.name);
-    crate::store::delete(st.sched.registry().dir(), &e.path)?;
-    st.sched.registry().rescan();
+    let e = st.serve.find(&req.model)?;
+    st.serve.unload(&e.name);
+    let registry = st.serve.sched().registry();
+    crate::store::delete(registry.dir(), &e.path)?;
+    registry.rescan();
     Ok(StatusCode::OK)
-}
-
-/// `POST /api/pull` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct PullRequest {
-    /// A catalog name, or an http(s) URL of the file.
-    #[serde(alias = "name")]
-    pub model: String,
-    /// URL of the file when `model` is the name to store it as.
-    pub url: Option<String>,
-    /// Required for URLs the catalog does not pin.
-    pub sha256: Option<String>,
-    pub stream: Option<bool>,
-    /// Accepted for compatibility; TLS is always verified.
-    pub insecure: Option<bool>,
 }
 
 #[utoipa::path(post, path = "/api/pull", tag = "ollama", request_body = PullRequest,
@@ -555,12 +416,10 @@ pub async fn pull(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<PullRequest>,
 ) -> Result<Response, OllamaError> {
-    let plan =
-        crate::store::plan_pull(st.sched.registry().catalog(), &req.model, req.url.as_deref(), req.sha256.as_deref())?;
+    let registry = Arc::clone(st.serve.sched().registry());
+    let plan = crate::store::plan_pull(registry.catalog(), &req.model, req.url.as_deref(), req.sha256.as_deref())?;
     let stream = req.stream.unwrap_or(true);
-    let progress =
-        crate::store::pull(st.http.clone(), st.sched.registry().dir().to_path_buf(), plan, Arc::clone(&st.pulls));
-    let registry = Arc::clone(st.sched.registry());
+    let progress = crate::store::pull(st.http.clone(), registry.dir().to_path_buf(), plan, Arc::clone(&st.pulls));
     let progress = progress.inspect(move |v| {
         if v["status"] == "success" {
             registry.rescan();
@@ -575,7 +434,7 @@ pub async fn pull(
     let last =
         progress.collect::<Vec<Value>>().await.pop().unwrap_or_else(|| json!({"error": "pull produced no result"}));
     if let Some(err) = last.get("error").and_then(Value::as_str) {
-        return Err(AppError::Internal(err.to_owned()).into());
+        return Err(ApiError::Internal(err.to_owned()).into());
     }
     Ok(Json(last).into_response())
 }

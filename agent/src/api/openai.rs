@@ -6,6 +6,11 @@
 
 use std::{convert::Infallible, sync::Arc};
 
+use api_types::{
+    ApiError, ErrorShape, OpenAiError, OpenAiJson,
+    openai::{ChatCompletionRequest, CompletionRequest, ModelAction, OaiSampling},
+    request_id,
+};
 use axum::{
     Json,
     extract::{Path, State},
@@ -15,120 +20,23 @@ use axum::{
     },
 };
 use futures::Stream;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use utoipa::ToSchema;
 
-use super::{
-    AppState,
-    error::{AppError, OaiError, OaiJson},
-    infer::{self, GenParams, OutputFormat, Prompt, Running},
-};
+use super::{AppState, params};
 use crate::{
-    engine::{Event, FinishReason, Perf},
+    engine::{FinishReason, OutputFormat, Perf},
     models::ModelEntry,
+    serve::{self, GenParams, Output, Prompt, Running},
     tools::{self, ToolCall},
 };
 
-/// `stream_options`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct StreamOptions {
-    /// Send a final chunk with `usage` and an empty `choices` list.
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// Sampling fields shared by chat and text completions. llama.cpp's extensions (`top_k`,
-/// `min_p`, `repeat_penalty`, `ignore_eos`) are accepted too.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct OaiSampling {
-    #[schema(minimum = 0, maximum = 2)]
-    pub temperature: Option<f32>,
-    #[schema(minimum = 0, maximum = 1)]
-    pub top_p: Option<f32>,
-    pub top_k: Option<i32>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    #[schema(minimum = -2, maximum = 2)]
-    pub presence_penalty: Option<f32>,
-    #[schema(minimum = -2, maximum = 2)]
-    pub frequency_penalty: Option<f32>,
-    /// Same seed, same prompt, same settings → same text.
-    pub seed: Option<i64>,
-    /// A string or a list of up to 16 strings; generation stops before them.
-    #[schema(schema_with = super::schema::stop)]
-    pub stop: Option<Value>,
-    /// Number of choices; only 1 is supported.
-    #[schema(minimum = 1, maximum = 1)]
-    pub n: Option<u32>,
-    /// Keep generating past end-of-generation tokens (llama.cpp extension, for benchmarks).
-    pub ignore_eos: Option<bool>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    /// Not supported; `true` is refused.
-    pub logprobs: Option<bool>,
-}
-
-/// `POST /v1/chat/completions` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16}))]
-pub struct ChatCompletionRequest {
-    pub model: String,
-    /// Messages with `role` (system, developer, user, assistant, tool) and `content` (a string
-    /// or a list of `{"type": "text", "text": …}` parts).
-    #[schema(schema_with = super::schema::messages)]
-    pub messages: Vec<Value>,
-    #[schema(minimum = 1)]
-    pub max_tokens: Option<u32>,
-    /// Preferred over `max_tokens` when both are set.
-    #[schema(minimum = 1)]
-    pub max_completion_tokens: Option<u32>,
-    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
-    #[schema(schema_with = super::schema::response_format)]
-    pub response_format: Option<Value>,
-    /// OpenAI function tools.
-    #[schema(schema_with = super::schema::tools)]
-    pub tools: Option<Vec<Value>>,
-    /// `"none"` disables the tools, `"auto"` lets the model choose, `"required"` or a named
-    /// function forces a call (grammar-constrained).
-    #[schema(schema_with = super::schema::tool_choice)]
-    pub tool_choice: Option<Value>,
-    /// Ask a reasoning model to think first (`minimal`/`low`/`medium`/`high`; `none` = off).
-    /// The reasoning comes back as `reasoning_content`.
-    #[schema(value_type = Option<String>, example = "low")]
-    pub reasoning_effort: Option<String>,
-    /// The same switch under the name Rockchip's RKLLM server uses.
-    pub enable_thinking: Option<bool>,
-    #[serde(flatten)]
-    pub sampling: OaiSampling,
-}
-
-/// `POST /v1/completions` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 8}))]
-pub struct CompletionRequest {
-    pub model: String,
-    /// A string, or a list holding one string.
-    #[schema(schema_with = super::schema::prompt)]
-    pub prompt: Value,
-    /// Defaults to 16, as in OpenAI's API.
-    #[schema(minimum = 1)]
-    pub max_tokens: Option<u32>,
-    /// Prepend the prompt to the returned text.
-    pub echo: Option<bool>,
-    /// Not supported; refused when set.
-    pub suffix: Option<String>,
-    #[serde(flatten)]
-    pub sampling: OaiSampling,
-}
-
 /// Applies the shared fields; refuses what the agent cannot honour, naming the parameter.
-fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), AppError> {
+fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), ApiError> {
     if s.n.is_some_and(|n| n != 1) {
-        return Err(AppError::bad("n", "only n = 1 is supported"));
+        return Err(ApiError::bad("n", "only n = 1 is supported"));
     }
     if s.logprobs == Some(true) {
-        return Err(AppError::bad("logprobs", "logprobs are not supported"));
+        return Err(ApiError::bad("logprobs", "logprobs are not supported"));
     }
     let q = &mut p.sampling;
     macro_rules! set {
@@ -136,14 +44,14 @@ fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), AppError> {
     }
     set!(temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty);
     if let Some(seed) = s.seed {
-        q.seed = Some(infer::fold_seed(seed));
+        q.seed = Some(params::fold_seed(seed));
     }
-    p.stop = infer::parse_stop(s.stop.as_ref())?;
+    p.stop = params::parse_stop(s.stop.as_ref())?;
     if p.stop.len() > 16 {
-        return Err(AppError::bad("stop", "at most 16 stop strings are supported"));
+        return Err(ApiError::bad("stop", "at most 16 stop strings are supported"));
     }
     p.ignore_eos = s.ignore_eos.unwrap_or(false);
-    q.validate().map_err(|m| AppError::BadRequest { param: first_word_param(&m), message: m })
+    q.validate().map_err(|m| ApiError::BadRequest { param: first_word_param(&m), message: m })
 }
 
 /// Sampling validation messages start with the parameter's name.
@@ -163,7 +71,7 @@ fn first_word_param(msg: &str) -> Option<&'static str> {
 
 /// `tool_choice` `"required"` or `{"type": "function", "function": {"name"}}` forces a call: the
 /// output is constrained to a call object. `"auto"` (and absent) leaves the model free.
-fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, AppError> {
+fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let only = match choice {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) if s == "auto" || s == "none" => return Ok(None),
@@ -171,7 +79,7 @@ fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, A
         Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
             Some(n) => Some(n),
             None => {
-                return Err(AppError::bad(
+                return Err(ApiError::bad(
                     "tool_choice",
                     "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
                 ));
@@ -179,11 +87,11 @@ fn forced_call(tools: &Value, choice: Option<&Value>) -> Result<Option<Value>, A
         },
     };
     tools::call_schema(tools, only).map(Some).ok_or_else(|| {
-        AppError::bad("tool_choice", format!("tool_choice names a function not in tools: {}", only.unwrap_or_default()))
+        ApiError::bad("tool_choice", format!("tool_choice names a function not in tools: {}", only.unwrap_or_default()))
     })
 }
 
-fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppError> {
+fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
     match v.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
@@ -191,11 +99,11 @@ fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppE
         Some("json_schema") => {
             let schema =
                 v.get("json_schema").and_then(|j| j.get("schema")).filter(|s| s.is_object()).ok_or_else(|| {
-                    AppError::bad("response_format", "json_schema.schema must be a JSON schema object")
+                    ApiError::bad("response_format", "json_schema.schema must be a JSON schema object")
                 })?;
             Ok(Some(OutputFormat::Schema(schema.clone())))
         }
-        _ => Err(AppError::bad("response_format", "response_format.type must be text, json_object or json_schema")),
+        _ => Err(ApiError::bad("response_format", "response_format.type must be text, json_object or json_schema")),
     }
 }
 
@@ -205,9 +113,9 @@ fn parse_response_format(v: Option<&Value>) -> Result<Option<OutputFormat>, AppE
               (status = 429, description = "Queue full")))]
 pub async fn chat_completions(
     State(st): State<AppState>,
-    OaiJson(req): OaiJson<ChatCompletionRequest>,
-) -> Result<Response, OaiError> {
-    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, OpenAiError> {
+    let (entry, adapter) = st.serve.find_for_generation(&req.model)?;
     let mut params = GenParams::for_model(&entry);
     params.adapter = adapter;
     apply_sampling(&req.sampling, &mut params)?;
@@ -216,7 +124,7 @@ pub async fn chat_completions(
         Some("none") => false,
         Some("minimal" | "low" | "medium" | "high") => true,
         Some(other) => {
-            return Err(AppError::bad(
+            return Err(ApiError::bad(
                 "reasoning_effort",
                 format!("reasoning_effort {other:?} is not one of none, minimal, low, medium, high"),
             )
@@ -225,33 +133,31 @@ pub async fn chat_completions(
     };
     if let Some(m) = req.max_completion_tokens.or(req.max_tokens) {
         if m == 0 {
-            return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
+            return Err(ApiError::bad("max_tokens", "max_tokens must be at least 1").into());
         }
         params.max_tokens = Some(m);
     }
     params.format = parse_response_format(req.response_format.as_ref())?;
-    let messages = infer::normalize_messages(&req.messages)?;
+    let messages = serve::normalize_messages(&req.messages)?;
     let tools_off = req.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
     let tools = req.tools.filter(|t| !t.is_empty() && !tools_off).map(Value::Array);
     if tools.is_some() && params.format.is_some() {
-        return Err(AppError::bad("response_format", "response_format cannot be combined with tools").into());
+        return Err(ApiError::bad("response_format", "response_format cannot be combined with tools").into());
     }
     if let Some(t) = &tools {
         params.format = forced_call(t, req.tool_choice.as_ref())?.map(OutputFormat::Schema);
     }
     let stream = req.sampling.stream.unwrap_or(false);
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let run = infer::start(&st, &entry, Prompt::Chat { messages, tools }, params).await?;
-    let id = infer::new_id("chatcmpl");
+    let run = st.serve.generate(&entry, Prompt::Chat { messages, tools }, params).await?;
+    let id = params::new_id("chatcmpl");
     if stream {
         return Ok(sse(chat_stream(run, id, include_usage)));
     }
     let model = run.model_name().to_owned();
-    let tool_names = run.tool_names.clone();
     let done = run.collect().await?;
-    let (content, calls) =
-        if tool_names.is_empty() { (done.text, Vec::new()) } else { tools::parse(&done.text, &tool_names) };
-    let mut message = json!({"role": "assistant", "content": content});
+    let calls = done.tool_calls;
+    let mut message = json!({"role": "assistant", "content": done.text});
     if !done.reasoning.is_empty() {
         message["reasoning_content"] = json!(done.reasoning);
     }
@@ -267,7 +173,7 @@ pub async fn chat_completions(
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
-        "created": infer::unix_now(),
+        "created": params::unix_now(),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
         "usage": usage(&done.perf),
@@ -277,34 +183,26 @@ pub async fn chat_completions(
 }
 
 fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let rid = request_id::current();
     async_stream::stream! {
-        let created = infer::unix_now();
+        let created = params::unix_now();
         let model = run.model_name().to_owned();
         let chunk = |delta: Value, finish: Option<&str>| json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         });
         yield Ok(data(&chunk(json!({"role": "assistant", "content": ""}), None)));
-        let buffering = !run.tool_names.is_empty();
-        let mut held = String::new();
-        while let Some(ev) = run.next().await {
-            match ev {
-                Event::Reasoning { text } => yield Ok(data(&chunk(json!({"reasoning_content": text}), None))),
-                Event::Token { text, .. } if buffering => held.push_str(&text),
-                Event::Token { text, .. } => yield Ok(data(&chunk(json!({"content": text}), None))),
-                Event::Done { reason, perf } => {
-                    let mut finish = finish_reason(reason);
-                    if buffering {
-                        // Tool calls can only be recognised in the whole text.
-                        let (content, calls) = tools::parse(&held, &run.tool_names);
-                        if !content.is_empty() {
-                            yield Ok(data(&chunk(json!({"content": content}), None)));
-                        }
-                        if !calls.is_empty() {
-                            yield Ok(data(&chunk(json!({"tool_calls": tool_calls_json(&calls, &id, true)}), None)));
-                            finish = "tool_calls";
-                        }
-                    }
+        let mut called = false;
+        while let Some(out) = run.next().await {
+            match out {
+                Output::Reasoning(text) => yield Ok(data(&chunk(json!({"reasoning_content": text}), None))),
+                Output::Text(text) => yield Ok(data(&chunk(json!({"content": text}), None))),
+                Output::ToolCalls(calls) => {
+                    called = true;
+                    yield Ok(data(&chunk(json!({"tool_calls": tool_calls_json(&calls, &id, true)}), None)));
+                }
+                Output::Done { reason, perf } => {
+                    let finish = if called { "tool_calls" } else { finish_reason(reason) };
                     let mut last = chunk(json!({}), Some(finish));
                     last["timings"] = timings(&perf);
                     yield Ok(data(&last));
@@ -316,8 +214,8 @@ fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream
                     }
                     break;
                 }
-                Event::Error(e) => {
-                    yield Ok(data(&AppError::from(e).openai_body()));
+                Output::Error(e) => {
+                    yield Ok(data(&ApiError::from(e).stream_body(ErrorShape::OpenAi, rid.as_ref())));
                     break;
                 }
             }
@@ -331,35 +229,35 @@ fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream
               (status = 400, description = "Invalid request"), (status = 404, description = "Unknown model")))]
 pub async fn completions(
     State(st): State<AppState>,
-    OaiJson(req): OaiJson<CompletionRequest>,
-) -> Result<Response, OaiError> {
-    let (entry, adapter) = infer::find_model_for_generation(&st, &req.model)?;
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, OpenAiError> {
+    let (entry, adapter) = st.serve.find_for_generation(&req.model)?;
     let prompt = match &req.prompt {
         Value::String(s) => s.clone(),
         Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
         Value::Array(_) => {
-            return Err(AppError::bad("prompt", "prompt must be a string or a list holding one string").into());
+            return Err(ApiError::bad("prompt", "prompt must be a string or a list holding one string").into());
         }
-        _ => return Err(AppError::bad("prompt", "prompt must be a string").into()),
+        _ => return Err(ApiError::bad("prompt", "prompt must be a string").into()),
     };
     if prompt.is_empty() {
-        return Err(AppError::bad("prompt", "prompt must not be empty").into());
+        return Err(ApiError::bad("prompt", "prompt must not be empty").into());
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(AppError::bad("suffix", "suffix is not supported").into());
+        return Err(ApiError::bad("suffix", "suffix is not supported").into());
     }
     let mut params = GenParams::for_model(&entry);
     params.adapter = adapter;
     apply_sampling(&req.sampling, &mut params)?;
     if req.max_tokens == Some(0) {
-        return Err(AppError::bad("max_tokens", "max_tokens must be at least 1").into());
+        return Err(ApiError::bad("max_tokens", "max_tokens must be at least 1").into());
     }
     params.max_tokens = Some(req.max_tokens.unwrap_or(16));
     let echo = req.echo.unwrap_or(false).then(|| prompt.clone());
     let stream = req.sampling.stream.unwrap_or(false);
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let run = infer::start(&st, &entry, Prompt::Text(prompt), params).await?;
-    let id = infer::new_id("cmpl");
+    let run = st.serve.generate(&entry, Prompt::Text(prompt), params).await?;
+    let id = params::new_id("cmpl");
     if stream {
         return Ok(sse(completion_stream(run, id, include_usage, echo)));
     }
@@ -367,7 +265,7 @@ pub async fn completions(
     let done = run.collect().await?;
     let text = echo.unwrap_or_default() + &done.text;
     Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": infer::unix_now(), "model": model,
+        "id": id, "object": "text_completion", "created": params::unix_now(), "model": model,
         "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(done.reason), "logprobs": null}],
         "usage": usage(&done.perf),
         "timings": timings(&done.perf),
@@ -381,8 +279,9 @@ fn completion_stream(
     include_usage: bool,
     echo: Option<String>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let rid = request_id::current();
     async_stream::stream! {
-        let created = infer::unix_now();
+        let created = params::unix_now();
         let model = run.model_name().to_owned();
         let chunk = |text: &str, finish: Option<&str>| json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
@@ -393,8 +292,9 @@ fn completion_stream(
         }
         while let Some(ev) = run.next().await {
             match ev {
-                Event::Token { text, .. } | Event::Reasoning { text } => yield Ok(data(&chunk(&text, None))),
-                Event::Done { reason, perf } => {
+                Output::Text(text) | Output::Reasoning(text) => yield Ok(data(&chunk(&text, None))),
+                Output::ToolCalls(_) => {}
+                Output::Done { reason, perf } => {
                     let mut last = chunk("", Some(finish_reason(reason)));
                     last["timings"] = timings(&perf);
                     yield Ok(data(&last));
@@ -404,8 +304,8 @@ fn completion_stream(
                     }
                     break;
                 }
-                Event::Error(e) => {
-                    yield Ok(data(&AppError::from(e).openai_body()));
+                Output::Error(e) => {
+                    yield Ok(data(&ApiError::from(e).stream_body(ErrorShape::OpenAi, rid.as_ref())));
                     break;
                 }
             }
@@ -490,42 +390,27 @@ fn model_object(e: &ModelEntry) -> Value {
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "Models on this agent")))]
 pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = st.sched.registry().list().iter().map(|e| model_object(e)).collect();
+    let data: Vec<Value> = st.serve.sched().registry().list().iter().map(|e| model_object(e)).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
     params(("model" = String, Path, description = "Model name, alias or file name")),
     responses((status = 200, description = "The model"), (status = 404, description = "Unknown model")))]
-pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, OaiError> {
-    let e = infer::find_model(&st, &model)?;
+pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, OpenAiError> {
+    let e = st.serve.find(&model)?;
     Ok(Json(model_object(&e)))
-}
-
-/// Body of the explicit residency routes.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ModelAction {
-    pub model: String,
-    /// For load: how long to stay resident when idle (`5m`, seconds, negative = forever).
-    #[schema(schema_with = super::schema::keep_alive)]
-    pub keep_alive: Option<Value>,
 }
 
 #[utoipa::path(post, path = "/v1/models/load", tag = "residency", request_body = ModelAction,
     responses((status = 200, description = "Loaded"), (status = 404, description = "Unknown model")))]
 pub async fn load_model(
     State(st): State<AppState>,
-    OaiJson(req): OaiJson<ModelAction>,
-) -> Result<Json<Value>, OaiError> {
-    let entry = infer::find_model(&st, &req.model)?;
-    let ka = req
-        .keep_alive
-        .as_ref()
-        .map(crate::keepalive::KeepAlive::from_json)
-        .transpose()
-        .map_err(|m| AppError::bad("keep_alive", m))?;
-    let ka = st.sched.keep_alive_for(&entry, ka);
-    let r = st.sched.load(&entry, ka).await?;
+    OpenAiJson(req): OpenAiJson<ModelAction>,
+) -> Result<Json<Value>, OpenAiError> {
+    let entry = st.serve.find(&req.model)?;
+    let ka = params::keep_alive(req.keep_alive.as_ref())?;
+    let r = st.serve.load(&entry, ka).await?;
     Ok(Json(json!({"model": entry.name, "loaded": true, "load_duration_ms": r.load_duration.as_secs_f64() * 1e3})))
 }
 
@@ -533,16 +418,16 @@ pub async fn load_model(
     responses((status = 200, description = "Unloaded (or was not loaded)"), (status = 404, description = "Unknown model")))]
 pub async fn unload_model(
     State(st): State<AppState>,
-    OaiJson(req): OaiJson<ModelAction>,
-) -> Result<Json<Value>, OaiError> {
-    let entry = infer::find_model(&st, &req.model)?;
-    let was = st.sched.unload(&entry.name);
+    OpenAiJson(req): OpenAiJson<ModelAction>,
+) -> Result<Json<Value>, OpenAiError> {
+    let entry = st.serve.find(&req.model)?;
+    let was = st.serve.unload(&entry.name);
     Ok(Json(json!({"model": entry.name, "was_loaded": was})))
 }
 
 #[utoipa::path(get, path = "/v1/models/loaded", tag = "residency", responses((status = 200, description = "Resident models")))]
 pub async fn loaded_models(State(st): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = st.sched.residents().iter().map(resident_json).collect();
+    let data: Vec<Value> = st.serve.sched().residents().iter().map(resident_json).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -553,6 +438,6 @@ fn resident_json(r: &Arc<crate::sched::Resident>) -> Value {
         "context_length": r.instance.facts().n_ctx,
         "size": r.memory(),
         "in_use": r.in_use(),
-        "expires_at": r.expires_at().map(super::ollama::rfc3339),
+        "expires_at": r.expires_at().map(params::rfc3339),
     })
 }

@@ -1,6 +1,8 @@
-//! Operational routes: health, readiness, metrics, the OpenAPI document, and Ollama's `GET /`.
+//! Operational routes: health, readiness, metrics, status, the OpenAPI document, and Ollama's
+//! `GET /`.
 
 use axum::{
+    Json,
     extract::State,
     http::{StatusCode, header},
     response::IntoResponse,
@@ -21,35 +23,25 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    st.metrics.engine_busy.clear();
-    for r in st.sched.residents() {
-        st.metrics
-            .engine_busy
-            .get_or_create(&crate::metrics::Metrics::model(&r.entry.name))
-            .set(r.instance.busy() as i64);
+    let sched = st.serve.sched();
+    let busy = &sched.metrics().engine_busy;
+    busy.clear();
+    for r in sched.residents() {
+        busy.get_or_create(&crate::metrics::model(&r.entry.name)).set(r.instance.busy() as i64);
     }
-    if let Some(node) = &st.node {
-        node.update_metrics(&st.metrics);
-    }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode())
+    st.node.update_metrics(&st.board_metrics);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::metrics::encode_registry(&st.registry),
+    )
 }
 
 /// The board (SoC, driver, topology, telemetry, tuning), the runtime and the resident models:
 /// what the operator's Board status is built from.
 #[utoipa::path(get, path = "/internal/v1/status", tag = "ops", responses((status = 200, description = "Node status JSON")))]
 pub async fn status(State(st): State<AppState>) -> impl IntoResponse {
-    let residents: Vec<serde_json::Value> = st
-        .sched
-        .residents()
-        .iter()
-        .map(|r| {
-            serde_json::json!({"model": r.entry.name, "engine": r.engine, "npu_domain": r.domain,
-                               "busy": r.instance.busy(), "file": r.entry.file_name})
-        })
-        .collect();
-    let mut v = st.node.as_ref().map_or_else(|| serde_json::json!({}), |n| n.status());
-    v["loaded"] = serde_json::Value::Array(residents);
-    axum::Json(v)
+    let sched = st.serve.sched();
+    Json(crate::status::report(&st.node, &st.runtime, sched, sched.registry().dir()))
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -1,4 +1,4 @@
-//! The engine boundary (DESIGN.md §5).
+//! The engine boundary (docs/architecture.md §2, "Engines").
 //!
 //! An [`Engine`] loads a model file and returns an [`Instance`]; an instance accepts generation
 //! requests and answers each with a stream of [`Event`]s: zero or more `Token`s, then exactly one
@@ -6,12 +6,22 @@
 //! [`Perf`] record in `Done`, never from an estimate.
 //!
 //! ```text
-//!   api ──GenRequest──► sched ──► Instance::submit ──► engine thread (llama.cpp | RKLLM)
-//!   api ◄──Event stream (Token…, Done|Error) ◄──────────────┘
+//!   serve ──GenRequest──► Instance::submit ──► engine thread (llama.cpp | RKLLM)
+//!   serve ◄──Event stream (Token…, Done|Error) ◄──────┘
+//! ```
+//!
+//! What differs between engines stays behind this boundary: how many sequences an instance
+//! decodes together ([`Engine::slots`]), where its accelerator memory comes from (the RKLLM
+//! engine packs instances into NPU memory domains and says [`EngineError::is_capacity`] when
+//! evicting an idle instance would make room), and how a wanted output format is enforced (a
+//! grammar on llama.cpp; nothing on RKLLM, whose output the caller checks).
+//!
+//! ```text
 //! ```
 
 pub mod llama;
-pub mod llama_embed;
+#[cfg(test)]
+pub mod mock;
 pub mod rkllm;
 pub mod sampling;
 pub mod stop;
@@ -76,7 +86,17 @@ pub struct ChatInput {
     pub tools: Option<serde_json::Value>,
 }
 
-/// One generation request, already rendered to a prompt string by the API layer.
+/// Output the client asked to be constrained to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching this schema.
+    Schema(serde_json::Value),
+}
+
+/// One generation request, already rendered to a prompt string by the serve layer (or carrying
+/// the conversation for an engine that renders chat itself).
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     /// The full prompt text, special tokens included (templates render them as text).
@@ -86,8 +106,9 @@ pub struct GenRequest {
     pub max_tokens: Option<u32>,
     /// Stop strings; generation ends before them and they are not emitted.
     pub stop: Vec<String>,
-    /// A llama.cpp GBNF grammar constraining the output (JSON mode, JSON schema).
-    pub grammar: Option<String>,
+    /// The wanted output format. An engine that [constrains output](Instance::constrains_output)
+    /// enforces it while decoding; the others ignore it and the caller checks the answer.
+    pub format: Option<OutputFormat>,
     /// Keep generating past end-of-generation tokens (benchmarks only).
     pub ignore_eos: bool,
     /// The conversation, set when the instance [renders chat itself](Instance::renders_chat);
@@ -115,11 +136,6 @@ pub enum Event {
     Token {
         text: String,
         id: i32,
-    },
-    /// Reasoning text. Engines send `Token`s only; the API layer splits a leading `<think>`
-    /// block into these so both APIs report it apart from the answer.
-    Reasoning {
-        text: String,
     },
     Done {
         reason: FinishReason,
@@ -159,8 +175,6 @@ pub struct LoadSpec {
     pub family: Option<String>,
     /// Sampling fixed at load (RKLLM ABI 1.2 has no per-run sampling).
     pub sampling: SamplingParams,
-    /// NPU memory domain (`base_domain_id`) for RKLLM instances.
-    pub domain: i32,
     /// LoRA adapters to load: `(name, file)`.
     pub loras: Vec<(String, PathBuf)>,
     /// CPUs the engine's threads run on (the board's big cores); empty = no pinning.
@@ -183,20 +197,36 @@ pub enum EngineError {
     /// The engine cannot do this for this model (embeddings on llama.cpp, an unknown adapter).
     #[error("{0}")]
     Unsupported(String),
-    /// The NPU memory domain has no room for another instance (rknn-llm #437).
+    /// The runtime reported NPU memory exhausted while loading (rknn-llm #437).
     #[error("NPU memory exhausted: {0}")]
     NpuMemory(String),
+    /// No NPU memory domain has room for the model while other NPU models are loaded; checked
+    /// before `rkllm_init`, which RKLLM 1.3.0 does not survive on overflow (rknn-llm #522).
+    #[error("NPU memory is full: the model needs {need} bytes and the NPU models loaded leave no domain with room")]
+    NpuFull { need: u64 },
+    /// The model is larger than one NPU memory domain holds; it cannot load on this board.
+    #[error("the model needs {need} bytes of NPU memory but a domain holds {budget} (--npu-domain-memory)")]
+    NpuTooLarge { need: u64, budget: u64 },
     /// The runtime rejected the input during a run (for example more tokens than the context).
     #[error("{0}")]
     Input(String),
+}
+
+impl EngineError {
+    /// Whether unloading an idle instance of the same engine may make this load succeed: the
+    /// scheduler evicts one and retries while there is one to evict.
+    pub fn is_capacity(&self) -> bool {
+        matches!(self, Self::NpuFull { .. } | Self::NpuMemory(_))
+    }
 }
 
 /// A loaded model. Cheap to clone; the engine thread stops when the last clone is dropped and
 /// in-flight requests have ended.
 pub trait Instance: Send + Sync {
     /// Queue a request. The returned receiver yields the events; dropping it cancels the request
-    /// within one decode step.
-    fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event>;
+    /// within one decode step. A request the engine can refuse up front (a schema it cannot turn
+    /// into a grammar) is refused here, before any response has started.
+    fn submit(&self, req: GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, EngineError>;
     /// Count the tokens of `text` as the model's tokenizer would (special tokens parsed);
     /// `None` when the engine has no tokenizer of its own to ask (RKLLM tokenizes inside `run`).
     fn count_tokens(&self, text: &str) -> Option<usize>;
@@ -217,6 +247,10 @@ pub trait Instance: Send + Sync {
         rx
     }
     fn facts(&self) -> &ModelFacts;
+    /// The NPU memory domain the instance occupies (RKLLM), for status.
+    fn npu_domain(&self) -> Option<i32> {
+        None
+    }
     /// Requests the engine is generating for right now (its own view, after cancellations).
     fn busy(&self) -> usize;
 }
@@ -225,6 +259,11 @@ pub trait Instance: Send + Sync {
 pub trait Engine: Send + Sync {
     /// Short name for logs and `/api/ps` (`llama.cpp`, `rkllm`).
     fn name(&self) -> &'static str;
+    /// Sequences one instance decodes together when `requested` are asked for (the model's
+    /// `n_batch`, else `--parallel`); the runtime's own limits apply here.
+    fn slots(&self, requested: u32) -> u32 {
+        requested.max(1)
+    }
     /// Load synchronously; callers run this on a blocking thread.
     fn load(&self, spec: &LoadSpec) -> Result<Arc<dyn Instance>, EngineError>;
 }

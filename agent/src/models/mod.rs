@@ -4,6 +4,7 @@
 //! name), an alias (catalog or config), the file name, or the file stem. An Ollama tag `:latest`
 //! is ignored; other tags are part of the name.
 
+mod args;
 pub mod catalog;
 pub mod gguf;
 pub mod names;
@@ -14,6 +15,7 @@ use std::{
     time::SystemTime,
 };
 
+pub use args::{ModelArgs, OpenError};
 pub use catalog::Catalog;
 pub use gguf::GgufMeta;
 
@@ -65,9 +67,80 @@ pub struct ModelEntry {
     pub sha256: Option<String>,
     pub meta: GgufMeta,
     pub settings: Effective,
+    /// What the model can do, decided once from its file and family (not per request).
+    pub capabilities: Capabilities,
+}
+
+/// What a model can do, as Ollama's `/api/show` reports it and as requests are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Function calling: the template describes tools, or the engine sets them itself.
+    pub tools: bool,
+    /// Reasoning in a `<think>` block on request (RKLLM families that have it).
+    pub thinking: bool,
+    /// Sentence embeddings (both engines: llama.cpp pools a context, RKLLM the last hidden layer).
+    pub embedding: bool,
+    /// Image input. No engine here takes images yet.
+    pub vision: bool,
+}
+
+impl Capabilities {
+    /// Ollama's capability names, in its order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = vec!["completion"];
+        for (on, name) in
+            [(self.tools, "tools"), (self.embedding, "embedding"), (self.thinking, "thinking"), (self.vision, "vision")]
+        {
+            if on {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    fn of(format: Format, meta: &GgufMeta, settings: &Effective, family: Option<&str>, file_name: &str) -> Self {
+        let has_template = settings.chat_template.is_some() || meta.chat_template.is_some();
+        // GGUF: a template to describe tools in, or Gemma's built-in one; RKLLM: the runtime's
+        // `rkllm_set_function_tools`.
+        let tools = match format {
+            Format::Gguf => has_template || meta.architecture.as_deref().is_none_or(|a| a.starts_with("gemma")),
+            Format::Rkllm => true,
+        };
+        let thinking = format == Format::Rkllm
+            && crate::engine::rkllm::family::Family::detect(family, file_name).is_some_and(|f| f.thinking());
+        Self { tools, thinking, embedding: true, vision: false }
+    }
 }
 
 impl ModelEntry {
+    /// An entry for a file that is not scanned (tests, and models assigned at run time):
+    /// settings from `config`, nothing read from the file.
+    pub fn unscanned(name: &str, path: PathBuf, format: Format, size: u64, config: &Config) -> Self {
+        let settings = config.effective(name);
+        let meta = GgufMeta::default();
+        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let capabilities = Capabilities::of(format, &meta, &settings, None, &file_name);
+        Self {
+            name: name.to_owned(),
+            aliases: settings.aliases.clone(),
+            file_name,
+            path,
+            format,
+            size,
+            modified: SystemTime::UNIX_EPOCH,
+            context: settings.context.unwrap_or(names::DEFAULT_CONTEXT),
+            context_max: None,
+            family: None,
+            parameter_size: None,
+            quantization: None,
+            license: None,
+            sha256: None,
+            meta,
+            settings,
+            capabilities,
+        }
+    }
+
     /// Bytes this model needs resident: weights plus an f16 KV cache for `parallel` sequences.
     pub fn memory_estimate(&self, parallel: u32) -> u64 {
         self.size + self.meta.kv_bytes(self.context * parallel.max(1))
@@ -86,12 +159,15 @@ pub struct Registry {
     dir: PathBuf,
     catalog: Catalog,
     config: Config,
+    /// Found by the last scan of `dir`.
     entries: RwLock<Vec<Arc<ModelEntry>>>,
+    /// Added at run time; kept across rescans, looked up first.
+    added: RwLock<Vec<Arc<ModelEntry>>>,
 }
 
 impl Registry {
     pub fn new(dir: PathBuf, catalog: Catalog, config: Config) -> Self {
-        let r = Self { dir, catalog, config, entries: RwLock::new(Vec::new()) };
+        let r = Self { dir, catalog, config, entries: RwLock::new(Vec::new()), added: RwLock::new(Vec::new()) };
         r.rescan();
         r
     }
@@ -108,8 +184,28 @@ impl Registry {
         &self.config
     }
 
+    /// Every model: those added at run time, then those scanned.
     pub fn list(&self) -> Vec<Arc<ModelEntry>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut v = self.added.read().unwrap_or_else(|e| e.into_inner()).clone();
+        v.extend(self.entries.read().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v
+    }
+
+    /// Adds (or replaces, by name) a model that is not a file of the models directory.
+    pub fn insert(&self, entry: ModelEntry) -> Arc<ModelEntry> {
+        let entry = Arc::new(entry);
+        let mut added = self.added.write().unwrap_or_else(|e| e.into_inner());
+        added.retain(|e| e.name != entry.name);
+        added.push(Arc::clone(&entry));
+        entry
+    }
+
+    /// Removes a model added with [`insert`](Self::insert); whether it was there.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut added = self.added.write().unwrap_or_else(|e| e.into_inner());
+        let before = added.len();
+        added.retain(|e| e.name != name);
+        added.len() != before
     }
 
     /// Finds a model by any of its names; rescans once on a miss (a file may have been copied in).
@@ -168,6 +264,8 @@ pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<Model
     let cat = catalog.by_file(&file_name);
     let name = cat.map_or(parsed.name.clone(), |(m, _)| m.name.clone());
     let settings = config.effective(&name);
+    let family = meta.architecture.clone().or_else(|| cat.and_then(|(m, _)| m.family.clone()));
+    let capabilities = Capabilities::of(format, &meta, &settings, family.as_deref(), &file_name);
     let mut aliases: Vec<String> = cat.map(|(m, _)| m.aliases.clone()).unwrap_or_default();
     aliases.extend(settings.aliases.iter().cloned());
     let context_max = parsed.context.or(meta.context_length).or(cat.and_then(|(m, _)| m.context));
@@ -185,7 +283,7 @@ pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<Model
         modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         context,
         context_max,
-        family: meta.architecture.clone().or_else(|| cat.and_then(|(m, _)| m.family.clone())),
+        family,
         parameter_size: meta.size_label.clone().or_else(|| cat.and_then(|(m, _)| m.parameters.clone())),
         quantization: meta
             .quantization()
@@ -195,5 +293,6 @@ pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<Model
         sha256,
         meta,
         settings,
+        capabilities,
     })
 }

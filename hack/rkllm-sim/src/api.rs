@@ -1,4 +1,4 @@
-//! The 15 exported `extern "C"` functions of `rkllm.h` (rkllm-abi.md §2).
+//! The 15 exported `extern "C"` functions of `rkllm.h` (docs/rkllm-abi.md §4).
 //!
 //! This is the only layer that touches caller memory. Each function validates its pointers
 //! (NULL and alignment; a handle must be one the registry knows), copies what it needs into

@@ -4,8 +4,8 @@
 //! most likely to break (struct layouts drift between minor releases, rknn-llm #509). This crate
 //! builds a library with the same 15 exported symbols and the same `#[repr(C)]` layouts, so the
 //! agent's *real* binding code can run in CI on machines without an NPU. Behaviour follows the
-//! documented contract (`reference/rkllm-abi.md` §2); where the vendor is silent the sim picks a
-//! deterministic, documented behaviour (README.md, "Behaviour").
+//! documented contract (`docs/rkllm-abi.md` §4, §5, §8); where the vendor is silent the sim
+//! picks a deterministic, documented behaviour (README.md, "Behaviour").
 //!
 //! ```text
 //!  C caller ──► api (extern "C", ABI-specific structs → owned Rust values)
@@ -24,7 +24,7 @@
 #![allow(unsafe_code)]
 
 #[cfg(not(target_pointer_width = "64"))]
-compile_error!("rkllm-sim asserts the LP64 layouts of rkllm-abi.md §3; 32-bit targets are not supported");
+compile_error!("rkllm-sim asserts the LP64 layouts of docs/rkllm-abi.md §7; 32-bit targets are not supported");
 
 pub mod abi;
 mod api;

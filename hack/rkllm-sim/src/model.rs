@@ -1,8 +1,9 @@
 //! The simulated `.rkllm` model files: format, parser and the generated catalog.
 //!
-//! The real format is proprietary (rkllm-abi.md §8), and all the runtime exposes of it is the
-//! metadata it logs at init. The sim's files carry exactly that metadata plus the speed and
-//! memory figures of the vendor benchmark (§7), as text, so a test can read or hand-edit one.
+//! The real format is proprietary (docs/rkllm-abi.md §17), and all the runtime exposes of it is
+//! the metadata it logs at init. The sim's files carry exactly that metadata plus the speed and
+//! memory figures of the vendor benchmark (also §17), as text, so a test can read or hand-edit
+//! one.
 //!
 //! ```text
 //! RKLLM-SIM

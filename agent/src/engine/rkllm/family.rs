@@ -3,7 +3,7 @@
 //! The runtime's template is three strings — system block, prefix before each user message,
 //! postfix after it — captured from the model's HF template at conversion. The only way to
 //! give a model a different system prompt is to override all three, and after an override the
-//! runtime's `enable_thinking` no longer works (rkllm-abi.md §2), so for a thinking model the
+//! runtime's `enable_thinking` no longer works (docs/rkllm-abi.md §12), so for a thinking model the
 //! agent writes Qwen3's "no thinking" marker into the postfix itself. The family comes from the
 //! catalog or the file name; a model of unknown family keeps its built-in template and gets the
 //! system prompt folded into the user message instead.

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     conv::{self, Held, Setup, Start},
+    domains::Booking,
     family::Family,
     pcache::PromptCacheDir,
     rt::{Handle, InferSpec, InputSpec, Keepalive, Mode, Runtime, Sampling},
@@ -88,6 +89,9 @@ pub struct RkllmInstance {
     facts: ModelFacts,
     busy: Arc<AtomicUsize>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The NPU memory this instance holds; released after `Drop` has joined the worker, that is
+    /// after `rkllm_destroy`.
+    booking: Booking,
 }
 
 impl RkllmInstance {
@@ -111,13 +115,17 @@ impl Drop for RkllmInstance {
 }
 
 impl Instance for RkllmInstance {
-    fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event> {
+    fn submit(&self, req: GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let job = Job::Gen { req: Box::new(req), tx: tx.clone(), queued: Instant::now() };
         if self.send(job).is_err() {
             let _ = tx.send(Event::Error(EngineError::Stopped));
         }
-        rx
+        Ok(rx)
+    }
+
+    fn npu_domain(&self) -> Option<i32> {
+        Some(self.booking.domain)
     }
 
     fn count_tokens(&self, _text: &str) -> Option<usize> {
@@ -150,7 +158,7 @@ impl Instance for RkllmInstance {
 }
 
 /// Starts the worker and watcher threads for an initialised handle.
-pub fn spawn(cfg: Config, h: Handle, keep: Keepalive) -> Arc<RkllmInstance> {
+pub fn spawn(cfg: Config, h: Handle, keep: Keepalive, booking: Booking) -> Arc<RkllmInstance> {
     let (tx, rx) = std_mpsc::channel();
     let busy = Arc::new(AtomicUsize::new(0));
     let shared = Arc::new(Shared { watch: Mutex::new(Watch::default()), cv: Condvar::new() });
@@ -165,7 +173,7 @@ pub fn spawn(cfg: Config, h: Handle, keep: Keepalive) -> Arc<RkllmInstance> {
     let w = Worker { cfg, h, _keep: keep, held: None, applied: Applied::default(), shared, busy: Arc::clone(&busy) };
     let worker =
         std::thread::Builder::new().name("rkllm-worker".into()).spawn(move || w.serve(rx)).expect("spawning a thread");
-    Arc::new(RkllmInstance { tx: Mutex::new(Some(tx)), facts, busy, worker: Mutex::new(Some(worker)) })
+    Arc::new(RkllmInstance { tx: Mutex::new(Some(tx)), facts, busy, worker: Mutex::new(Some(worker)), booking })
 }
 
 /// Aborts the running request once all its clients are gone.
@@ -262,7 +270,7 @@ impl Worker {
             self.shared.cv.notify_all();
         }
         // This thread made every run and none is in flight; the runtime's own view is checked
-        // anyway, because destroying a running handle is undefined (rkllm-abi.md §2).
+        // anyway, because destroying a running handle is undefined (docs/rkllm-abi.md §5).
         if self.cfg.rt.is_running(self.h) {
             tracing::warn!(model = %self.cfg.name, "runtime reports a run in flight at unload; aborting it first");
             self.cfg.rt.abort(self.h);

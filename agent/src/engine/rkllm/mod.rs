@@ -16,6 +16,7 @@ mod ffi;
 pub mod rt;
 
 pub mod conv;
+pub mod domains;
 pub mod family;
 pub mod instance;
 pub mod logcap;
@@ -34,7 +35,7 @@ pub use pcache::PromptCacheDir;
 pub use rt::Runtime;
 pub use version::{Abi, AbiChoice, Version};
 
-use self::logcap::InitFailure;
+use self::{domains::Domains, logcap::InitFailure};
 use super::{Engine, EngineError, Instance, LoadSpec, ModelFacts};
 
 /// Where the vendor's install instructions and distributions put the runtime.
@@ -55,36 +56,53 @@ pub struct RkllmOptions {
     pub embed_flash: bool,
     pub prompt_cache: Option<PromptCacheDir>,
     pub batch_wait: Duration,
+    /// NPU memory domains (`base_domain_id` 0..n) instances are spread over.
+    pub npu_domains: u32,
+    /// Bytes of NPU memory one domain holds.
+    pub npu_domain_bytes: u64,
 }
 
 pub struct RkllmEngine {
     rt: Arc<Runtime>,
     opts: RkllmOptions,
+    domains: Arc<Domains>,
 }
 
 impl RkllmEngine {
     pub fn new(rt: Arc<Runtime>, opts: RkllmOptions) -> Self {
-        Self { rt, opts }
+        let domains = Domains::new(opts.npu_domains, opts.npu_domain_bytes);
+        Self { rt, opts, domains }
     }
 }
+
+/// The runtime batches at most 8 sequences per `rkllm_run` (docs/rkllm-abi.md §13).
+const MAX_BATCH: u32 = 8;
 
 impl Engine for RkllmEngine {
     fn name(&self) -> &'static str {
         "rkllm"
     }
 
+    fn slots(&self, requested: u32) -> u32 {
+        requested.clamp(1, MAX_BATCH)
+    }
+
     fn load(&self, spec: &LoadSpec) -> Result<Arc<dyn Instance>, EngineError> {
         let shown = spec.path.display().to_string();
         let fail = |reason: String| EngineError::Load { path: shown.clone(), reason };
         let path_c = CString::new(spec.path.to_string_lossy().as_bytes()).map_err(|e| fail(e.to_string()))?;
-        let n_batch = spec.parallel.clamp(1, 8);
+        let n_batch = self.slots(spec.parallel);
+        // The weights the runtime maps into NPU memory: about the file's size. Booked before
+        // rkllm_init, which RKLLM 1.3.0 does not survive on overflow.
+        let size = std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0);
+        let booking = self.domains.book(size)?;
         let params = rt::InitParams {
             model_path: path_c,
             max_context_len: i32::try_from(spec.n_ctx).unwrap_or(i32::MAX),
             max_new_tokens: i32::try_from(spec.n_ctx).unwrap_or(i32::MAX),
             sampling: instance::to_sampling(&spec.sampling),
             n_batch: n_batch as u8,
-            domain: spec.domain,
+            domain: booking.domain,
             cpus_mask: self.opts.cpus_mask,
             cpus_num: self.opts.cpus_num,
             embed_flash: self.opts.embed_flash,
@@ -98,7 +116,7 @@ impl Engine for RkllmEngine {
             InitFailure::NpuMemory(line) => EngineError::NpuMemory(format!(
                 "no room for {} in NPU memory domain {} ({line})",
                 spec.path.file_name().unwrap_or_default().to_string_lossy(),
-                spec.domain
+                booking.domain
             )),
             InitFailure::BadModel(line) => fail(format!("not a model this runtime can load: {line}")),
             InitFailure::Other(why) => fail(format!("rkllm_init returned {rc}: {why}")),
@@ -113,7 +131,6 @@ impl Engine for RkllmEngine {
                 return Err(fail(format!("rkllm_load_lora({name}, {}) returned {rc}", file.display())));
             }
         }
-        let size = std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0);
         let facts = ModelFacts {
             n_ctx: spec.n_ctx,
             n_ctx_train: spec.n_ctx,
@@ -137,7 +154,7 @@ impl Engine for RkllmEngine {
             reuse: spec.prefix_cache,
             facts,
         };
-        Ok(instance::spawn(cfg, h, keep))
+        Ok(instance::spawn(cfg, h, keep, booking))
     }
 }
 

@@ -1,4 +1,4 @@
-//! On-disk prompt caches (seed 4.1): one file per (model file, system prompt, tools), created
+//! On-disk prompt caches (docs/rkllm-abi.md §11, docs/npu.md): one file per (model file, system prompt, tools), created
 //! by the first run of a conversation with that prefix and loaded with
 //! `rkllm_load_prompt_cache` before later conversations that share it, so a long system prompt
 //! is prefilled once per board rather than once per conversation. Bounded by file count, least

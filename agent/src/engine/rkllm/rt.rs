@@ -3,7 +3,7 @@
 //! places with `unsafe`; everything above works with [`Handle`], [`InputSpec`] and the
 //! [`ResultSink`] trait.
 //!
-//! Safety contract the wrappers rely on (rkllm-abi.md §2): a handle runs one request at a time;
+//! Safety contract the wrappers rely on (docs/rkllm-abi.md §5): a handle runs one request at a time;
 //! `rkllm_abort` may be called from another thread while `rkllm_run` blocks; pointers inside a
 //! callback's results are valid only during that callback (the trampoline copies nothing itself
 //! — the sink copies what it keeps); a handle is destroyed only when no run is in flight.
@@ -65,7 +65,7 @@ unsafe extern "C" fn trampoline(result: *mut c::RKLLMResult, userdata: *mut c_vo
         let mut views = Vec::with_capacity(n);
         if !result.is_null() {
             for i in 0..n {
-                // SAFETY: the runtime passes `n_batch` results (rkllm-abi.md §2, callback contract).
+                // SAFETY: the runtime passes `n_batch` results (docs/rkllm-abi.md §8, §13).
                 let r = unsafe { &*result.add(i) };
                 views.push(view(r));
             }

@@ -1,4 +1,4 @@
-//! `#[repr(C)]` types of the RKLLM C API (`reference/rkllm-abi.md` §3, LP64).
+//! `#[repr(C)]` types of the RKLLM C API (`docs/rkllm-abi.md` §7, LP64).
 //!
 //! A wrong offset here means the agent's binding and the sim agree with each other but not with
 //! the vendor library, which is exactly the failure (a segfault on the board) the sim exists to

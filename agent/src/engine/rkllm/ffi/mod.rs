@@ -1,15 +1,15 @@
-//! Raw bindings to `librkllmrt.so`, one module per runtime ABI (`reference/rkllm-abi.md` §3).
+//! Raw bindings to `librkllmrt.so`, one module per runtime ABI (docs/rkllm-abi.md §7).
 //!
 //! The runtime's structs change size between minor versions and a stale layout segfaults
 //! (rknn-llm #509), so every struct carries compile-time size and offset asserts taken from the
-//! reference's LP64 tables. Types shared by 1.2.1–1.3.0 live in [`common`]; [`v1_2`] and
+//! LP64 tables of docs/rkllm-abi.md §7. Types shared by 1.2.1–1.3.0 live in [`common`]; [`v1_2`] and
 //! [`v1_3`] hold what differs. Nothing here is called directly by the engine: [`super::rt`]
 //! wraps it.
 //!
 //! `hack/rkllm-sim` declares the same structs again on purpose, written separately from the same
-//! reference: were they shared, a wrong offset would be wrong on both sides and every test would
-//! still pass. Two transcriptions that must agree at runtime (and each against the reference's
-//! asserted sizes) catch it. The 1.2 and 1.3 modules repeat fields for the same reason the
+//! tables: were they shared, a wrong offset would be wrong on both sides and every test would
+//! still pass. Two transcriptions that must agree at runtime (and each against the documented
+//! sizes) catch it. The 1.2 and 1.3 modules repeat fields for the same reason the
 //! vendor's headers do: they are different layouts.
 
 pub mod common;

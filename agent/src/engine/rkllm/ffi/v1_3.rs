@@ -151,7 +151,7 @@ pub type TokenizerCallback = unsafe extern "C" fn(*mut c_void, *const c_char, i3
 pub type EmbedCallback = unsafe extern "C" fn(*mut c_void, *mut i32, u64, *mut c_void, u64) -> c_int;
 
 /// `RKLLMCallback` (1.3.0). Zeroed except `result_callback`: the tokenizer and embedding
-/// callbacks are only consulted for models without their own (rkllm-abi.md §2).
+/// callbacks are only consulted for models without their own (docs/rkllm-abi.md §6, §7.5).
 #[repr(C)]
 pub struct RKLLMCallback {
     pub result_callback: Option<ResultCallback>,

@@ -1,15 +1,7 @@
-//! CPU engine: llama.cpp through `llama-cpp-2`.
-//!
-//! Each loaded model owns one OS thread that owns the `LlamaContext` (llama.cpp contexts are not
-//! thread-safe). The thread runs a small continuous-batching loop in the style of llama.cpp's
-//! server: `parallel` slots, each a KV-cache sequence; every step decodes one batch holding the
-//! next token of each generating slot plus prompt chunks of slots still prefilling.
-//!
-//! ```text
-//!  submit() ──Cmd──► worker thread ──► slots[0..parallel] ──► one llama_decode per step
-//!                                        │  cache: tokens whose KV the sequence holds
-//!                                        └─ a new prompt keeps the longest common prefix
-//! ```
+//! The worker thread of one loaded model: owns the `LlamaContext` (llama.cpp contexts are not
+//! thread-safe) and runs a small continuous-batching loop in the style of llama.cpp's server:
+//! `parallel` slots, each a KV-cache sequence; every step decodes one batch holding the next
+//! token of each generating slot plus prompt chunks of slots still prefilling.
 //!
 //! Prefix reuse: a slot remembers the tokens its sequence holds. A new request goes to the free
 //! slot sharing the longest prefix with its prompt; only the tail after that prefix is evaluated.
@@ -21,7 +13,6 @@ use std::{
     hash::BuildHasher,
     num::NonZeroU32,
     sync::{
-        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
         mpsc as std_mpsc,
     },
@@ -32,139 +23,30 @@ use llama_cpp_2::{
     context::{LlamaContext, params::LlamaContextParams},
     llama_backend::LlamaBackend,
     llama_batch::LlamaBatch,
-    model::{LlamaModel, params::LlamaModelParams},
+    model::LlamaModel,
     sampling::LlamaSampler,
     token::{LlamaToken, data::LlamaTokenData, data_array::LlamaTokenDataArray},
 };
 use tokio::sync::mpsc;
 
-use super::stop::take_utf8;
-use super::{
-    Engine, EngineError, Event, FinishReason, GenRequest, Instance, LoadSpec, ModelFacts, Perf,
-    stop::{StopMatcher, StopOutcome},
+use super::backend::tokenize;
+use crate::engine::{
+    EngineError, Event, FinishReason, GenRequest, LoadSpec, ModelFacts, Perf,
+    stop::{StopMatcher, StopOutcome, take_utf8},
 };
 
 /// Tokens evaluated per `llama_decode` call (llama.cpp server default).
 const N_BATCH: u32 = 512;
 
-/// llama.cpp's backend may be initialised once per process.
-static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
-
-pub(super) fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    BACKEND
-        .get_or_init(|| {
-            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
-            // llama.cpp logs every tensor at load; keep the agent's own log readable.
-            b.void_logs();
-            Ok(b)
-        })
-        .as_ref()
-        .map_err(|e| EngineError::Load { path: "<backend>".into(), reason: e.clone() })
-}
-
-/// A GBNF grammar accepting JSON that matches `schema` (llama.cpp's own converter, as its server
-/// uses for `response_format`).
-pub fn grammar_for_schema(schema: &serde_json::Value) -> Result<String, EngineError> {
-    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| EngineError::Grammar(e.to_string()))
-}
-
-/// The llama.cpp engine; stateless, instances carry the state.
-#[derive(Debug, Default)]
-pub struct LlamaEngine;
-
-impl Engine for LlamaEngine {
-    fn name(&self) -> &'static str {
-        "llama.cpp"
-    }
-
-    fn load(&self, spec: &LoadSpec) -> Result<Arc<dyn Instance>, EngineError> {
-        let backend = backend()?;
-        let load_err = |reason: String| EngineError::Load { path: spec.path.display().to_string(), reason };
-        let model = LlamaModel::load_from_file(backend, &spec.path, &LlamaModelParams::default())
-            .map_err(|e| load_err(e.to_string()))?;
-        let model = Arc::new(model);
-        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<ModelFacts, EngineError>>();
-        let worker_model = Arc::clone(&model);
-        let worker_spec = spec.clone();
-        let busy = Arc::new(AtomicUsize::new(0));
-        let worker_busy = Arc::clone(&busy);
-        let name = spec.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        std::thread::Builder::new()
-            .name(format!("llama:{}", name.chars().take(10).collect::<String>()))
-            .spawn(move || worker(backend, &worker_model, &worker_spec, &cmd_rx, &ready_tx, &worker_busy))
-            .map_err(|e| load_err(format!("cannot start engine thread: {e}")))?;
-        let facts = ready_rx.recv().map_err(|_| load_err("engine thread exited during load".into()))??;
-        Ok(Arc::new(LlamaInstance { model, tx: cmd_tx, facts, threads: spec.threads, cpus: spec.cpus.clone(), busy }))
-    }
-}
-
 /// A request travelling to the worker thread.
-struct Job {
-    req: GenRequest,
+pub(super) struct Job {
+    pub req: GenRequest,
+    /// The GBNF grammar for the request's wanted format, built when it was submitted.
+    pub grammar: Option<String>,
     /// The prompt's tokens, computed once on the worker thread when the job is first considered.
-    tokens: Option<Vec<LlamaToken>>,
-    tx: mpsc::UnboundedSender<Event>,
-    submitted: Instant,
-}
-
-struct LlamaInstance {
-    model: Arc<LlamaModel>,
-    tx: std_mpsc::Sender<Job>,
-    facts: ModelFacts,
-    /// Threads and CPUs for embedding contexts (the generation thread's settings).
-    threads: u32,
-    cpus: Vec<usize>,
-    /// Slots with a request, as the worker thread last counted them.
-    busy: Arc<AtomicUsize>,
-}
-
-impl Instance for LlamaInstance {
-    fn submit(&self, req: GenRequest) -> mpsc::UnboundedReceiver<Event> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let job = Job { req, tokens: None, tx, submitted: Instant::now() };
-        if let Err(std_mpsc::SendError(job)) = self.tx.send(job) {
-            let _ = job.tx.send(Event::Error(EngineError::Stopped));
-        }
-        rx
-    }
-
-    fn count_tokens(&self, text: &str) -> Option<usize> {
-        Some(tokenize(&self.model, text).len())
-    }
-
-    fn facts(&self) -> &ModelFacts {
-        &self.facts
-    }
-
-    fn busy(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
-    }
-
-    fn embed(&self, inputs: Vec<String>) -> tokio::sync::oneshot::Receiver<Result<super::Embeddings, EngineError>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (model, threads, cpus, context) =
-            (Arc::clone(&self.model), self.threads, self.cpus.clone(), self.facts.n_ctx);
-        let spawned = std::thread::Builder::new().name("llama-embed".into()).spawn(move || {
-            if !cpus.is_empty() {
-                let _ = board::pin_current_thread(&cpus);
-            }
-            let _ = tx.send(super::llama_embed::embed(&model, &inputs, threads, context));
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start an embedding thread");
-        }
-        rx
-    }
-}
-
-/// Tokenizes a rendered prompt. Templates write special tokens as text, so they are parsed; BOS
-/// is added only when the model wants it and the template did not already write it.
-pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
-    let vocab = model.vocab();
-    let bos_text = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
-    let add_bos = vocab.should_add_bos() && (bos_text.is_empty() || !text.starts_with(&bos_text));
-    vocab.tokenize(text.as_bytes(), add_bos, true)
+    pub tokens: Option<Vec<LlamaToken>>,
+    pub tx: mpsc::UnboundedSender<Event>,
+    pub submitted: Instant,
 }
 
 /// State of one KV-cache sequence.
@@ -199,7 +81,7 @@ struct Active {
     perf: Perf,
 }
 
-fn worker(
+pub(super) fn worker(
     backend: &LlamaBackend,
     model: &LlamaModel,
     spec: &LoadSpec,
@@ -254,7 +136,7 @@ fn worker(
     }
     let mut slots: Vec<Slot> = (0..parallel).map(|i| Slot { seq: i as i32, cache: Vec::new(), active: None }).collect();
     let mut queue: VecDeque<Job> = VecDeque::new();
-    let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+    let mut batch: LlamaBatch<'_> = LlamaBatch::new(N_BATCH as usize, 1);
     let mut open = true;
 
     while open || !queue.is_empty() || slots.iter().any(|s| s.active.is_some()) {
@@ -314,7 +196,7 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// Assigns a job to a slot: tokenizes, trims the sequence to the reusable prefix, builds the
 /// sampler. Errors are sent to the client and leave the slot free.
 fn start(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slot: &mut Slot, job: Job, n_ctx: u32, reuse: bool) {
-    let Job { req, tokens, tx, submitted } = job;
+    let Job { req, grammar, tokens, tx, submitted } = job;
     let started = Instant::now();
     let prompt = tokens.unwrap_or_else(|| tokenize(model, &req.prompt));
     if prompt.is_empty() {
@@ -326,7 +208,7 @@ fn start(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slot: &mut Slot, job: J
         let _ = tx.send(Event::Error(EngineError::PromptTooLong { prompt: prompt_len, context: n_ctx }));
         return;
     }
-    let grammar = match req.grammar.as_deref().map(|g| LlamaSampler::grammar(model, g, "root")).transpose() {
+    let grammar = match grammar.as_deref().map(|g| LlamaSampler::grammar(model, g, "root")).transpose() {
         Ok(g) => g,
         Err(e) => {
             let _ = tx.send(Event::Error(EngineError::Grammar(e.to_string())));
@@ -434,7 +316,7 @@ fn sample(model: &LlamaModel, a: &mut Active, ctx: &LlamaContext<'_>, idx: i32) 
 }
 
 /// One decode step over every active slot.
-fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch, slots: &mut [Slot], n_ctx: u32) {
+fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>, slots: &mut [Slot], n_ctx: u32) {
     batch.clear();
     // Generating slots first: one token each keeps their inter-token latency flat.
     for slot in slots.iter_mut() {

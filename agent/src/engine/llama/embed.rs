@@ -11,7 +11,8 @@ use llama_cpp_2::{
     model::LlamaModel,
 };
 
-use super::{Embeddings, EngineError, llama::tokenize};
+use super::backend::{backend, tokenize};
+use crate::engine::{Embeddings, EngineError};
 
 /// Mean-pooled, L2-normalised embedding of each input. `context` bounds one input's tokens.
 pub fn embed(
@@ -20,7 +21,7 @@ pub fn embed(
     threads: u32,
     context: u32,
 ) -> Result<Embeddings, EngineError> {
-    let backend = super::llama::backend()?;
+    let backend = backend()?;
     let tokens: Vec<_> = inputs.iter().map(|t| tokenize(model, t)).collect();
     let longest = tokens.iter().map(Vec::len).max().unwrap_or(0);
     let longest = u32::try_from(longest).unwrap_or(u32::MAX);

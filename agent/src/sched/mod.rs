@@ -1,16 +1,21 @@
 //! Residency and queueing: which models are loaded, for how long, and who runs next.
 //!
 //! ```text
-//!  acquire(name) ──► Registry::lookup ──► resident? ──no──► make_room (evict idle LRU) ──► load
-//!                                             │ yes
-//!                                             ▼
-//!                               bounded FIFO wait for one of `parallel` slots ──► Lease
-//!  Lease dropped ──► idle ──► expires after keep_alive ──► reaper unloads
+//!  acquire(entry) ──► resident? ──no──► plan::make_room (evict idle LRU) ──► Engine::load
+//!                         │ yes              ▲  engine out of device memory:
+//!                         ▼                  └─ evict its LRU idle model, retry (plan::lru_idle_of)
+//!            bounded FIFO wait for one of the instance's slots ──► Ticket
+//!  Ticket dropped ──► idle ──► expires after keep_alive ──► reaper unloads (plan::expired)
 //! ```
 //!
-//! A resident model is never unloaded while a lease on it exists (queued or running), so a
-//! request that got a lease cannot lose its model. Loads happen one at a time: two loads racing
-//! for the same memory would both pass the budget check.
+//! A resident model is never unloaded while a ticket on it exists (queued or running), so a
+//! request that got a ticket cannot lose its model. Loads happen one at a time: two loads racing
+//! for the same memory would both pass the budget check. What differs per engine (slots per
+//! instance, device-memory packing) is asked of the engine; the decisions themselves are the
+//! pure functions in [`plan`].
+
+mod metrics;
+pub mod plan;
 
 use std::{
     collections::HashMap,
@@ -22,11 +27,14 @@ use std::{
 };
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+pub use self::metrics::SchedMetrics;
+use self::plan::{Candidate, NoRoom};
 use crate::{
     engine::{Engine, EngineError, Instance, LoadSpec},
     keepalive::{self, KeepAlive},
-    metrics::Metrics,
+    metrics::model as labels,
     models::{Format, ModelEntry, Registry},
     template::{self, ChatTemplate},
 };
@@ -43,10 +51,6 @@ pub struct SchedOptions {
     pub threads: u32,
     pub prefix_cache: bool,
     pub default_keep_alive: KeepAlive,
-    /// NPU memory domains (`base_domain_id` 0..n) RKLLM instances are spread over.
-    pub npu_domains: u32,
-    /// Bytes of NPU memory one domain holds.
-    pub npu_domain_bytes: u64,
     /// The board's big cores, for llama.cpp thread affinity (empty = not pinned).
     pub big_cores: Vec<usize>,
 }
@@ -58,23 +62,30 @@ pub struct Engines {
     pub rkllm: Result<Arc<dyn Engine>, String>,
 }
 
+impl Engines {
+    /// The engine serving files of `format`, or why there is none.
+    fn for_format(&self, format: Format) -> Result<Arc<dyn Engine>, SchedError> {
+        match format {
+            Format::Gguf => self.llama.clone().ok_or_else(|| SchedError::NoEngine {
+                format: "gguf",
+                why: "--engine rkllm serves only .rkllm files".into(),
+            }),
+            Format::Rkllm => {
+                self.rkllm.clone().map_err(|why| SchedError::NoEngine { format: "rkllm", why: why.clone() })
+            }
+        }
+    }
+}
+
 /// Why a request could not get a model.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedError {
-    #[error("model '{0}' not found")]
-    NotFound(String),
     #[error("model '{model}' is busy: {waiting} requests already waiting")]
     QueueFull { model: String, waiting: usize },
     #[error("model '{model}' needs {need} bytes but the memory budget is {budget} bytes")]
     TooLarge { model: String, need: u64, budget: u64 },
     #[error("not enough memory for model '{model}' while other models are in use; retry later")]
     Busy { model: String },
-    #[error("model '{model}' needs {need} bytes of NPU memory but a domain holds {budget} (--npu-domain-memory)")]
-    NpuTooLarge { model: String, need: u64, budget: u64 },
-    #[error(
-        "NPU memory is full: model '{model}' needs {need} bytes and the NPU models in use leave no domain with room; retry later"
-    )]
-    NpuFull { model: String, need: u64 },
     #[error("no engine for {format} models on this agent: {why}")]
     NoEngine { format: &'static str, why: String },
     #[error(transparent)]
@@ -96,13 +107,11 @@ pub struct Resident {
     pub instance: Arc<dyn Instance>,
     pub template: ChatTemplate,
     pub engine: &'static str,
-    /// NPU memory domain of an RKLLM instance.
-    pub domain: Option<i32>,
     pub loaded_at: SystemTime,
     pub load_duration: Duration,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
-    /// Leases outstanding, queued or running.
+    /// Tickets outstanding, queued or running.
     users: AtomicUsize,
     life: Mutex<Life>,
 }
@@ -131,21 +140,39 @@ impl Resident {
     pub fn in_use(&self) -> usize {
         self.users.load(Ordering::SeqCst)
     }
+
+    /// Requests queued for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot for the pure decisions in [`plan`].
+    fn candidate(&self) -> Candidate {
+        let life = self.life();
+        Candidate {
+            name: self.entry.name.clone(),
+            engine: self.engine,
+            bytes: self.memory(),
+            users: self.users.load(Ordering::SeqCst),
+            last_used: life.last_used,
+            expires_at: life.expires_at,
+        }
+    }
 }
 
-/// The right to run one request on a resident model. Dropping it frees the slot and starts the
-/// keep-alive clock once the model is idle.
-pub struct Lease {
+/// The right to run one request on a resident model (a queue place, then a slot). Dropping it
+/// frees the slot and starts the keep-alive clock once the model is idle.
+pub struct Ticket {
     pub resident: Arc<Resident>,
     permit: Option<OwnedSemaphorePermit>,
     wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SchedMetrics>,
 }
 
-impl Drop for Lease {
+impl Drop for Ticket {
     fn drop(&mut self) {
         if self.permit.take().is_some() {
-            self.metrics.active_requests.get_or_create(&Metrics::model(&self.resident.entry.name)).dec();
+            self.metrics.active_requests.get_or_create(&labels(&self.resident.entry.name)).dec();
         }
         let r = &self.resident;
         let mut life = r.life();
@@ -163,13 +190,13 @@ impl Drop for Lease {
 /// Decrements the waiting count however the wait ends (granted, or the client went away).
 struct Waiting<'a> {
     r: &'a Resident,
-    metrics: &'a Metrics,
+    metrics: &'a SchedMetrics,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.r.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.queue_depth.get_or_create(&Metrics::model(&self.r.entry.name)).dec();
+        self.metrics.queue_depth.get_or_create(&labels(&self.r.entry.name)).dec();
     }
 }
 
@@ -177,7 +204,7 @@ pub struct Scheduler {
     registry: Arc<Registry>,
     engines: Engines,
     opts: SchedOptions,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SchedMetrics>,
     residents: Mutex<HashMap<String, Arc<Resident>>>,
     load_lock: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
@@ -186,7 +213,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(registry: Arc<Registry>, engines: Engines, opts: SchedOptions, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(registry: Arc<Registry>, engines: Engines, opts: SchedOptions, metrics: SchedMetrics) -> Arc<Self> {
+        let metrics = Arc::new(metrics);
         Arc::new(Self {
             registry,
             engines,
@@ -233,13 +261,13 @@ impl Scheduler {
 
     /// Loads `entry` if needed and waits for a slot. The wait is FIFO; a full queue is refused
     /// at once so clients can back off.
-    pub async fn acquire(&self, entry: &Arc<ModelEntry>, keep_alive: KeepAlive) -> Result<Lease, SchedError> {
+    pub async fn acquire(&self, entry: &Arc<ModelEntry>, keep_alive: KeepAlive) -> Result<Ticket, SchedError> {
         let resident = self.ensure_loaded(entry).await?;
         resident.life().keep_alive = keep_alive;
-        let mut lease =
-            Lease { resident, permit: None, wake: Arc::clone(&self.wake), metrics: Arc::clone(&self.metrics) };
-        let r = Arc::clone(&lease.resident);
-        let labels = Metrics::model(&entry.name);
+        let mut ticket =
+            Ticket { resident, permit: None, wake: Arc::clone(&self.wake), metrics: Arc::clone(&self.metrics) };
+        let r = Arc::clone(&ticket.resident);
+        let labels = labels(&entry.name);
         if r.slots.available_permits() == 0 {
             let waiting = r.waiting.load(Ordering::SeqCst);
             if waiting >= self.opts.max_queue {
@@ -253,15 +281,15 @@ impl Scheduler {
         let permit = Arc::clone(&r.slots).acquire_owned().await.map_err(|_| EngineError::Stopped)?;
         drop(guard);
         self.metrics.active_requests.get_or_create(&labels).inc();
-        lease.permit = Some(permit);
-        Ok(lease)
+        ticket.permit = Some(permit);
+        Ok(ticket)
     }
 
     /// Makes `entry` resident (explicit load, Ollama's empty prompt) and starts its keep-alive.
     pub async fn load(&self, entry: &Arc<ModelEntry>, keep_alive: KeepAlive) -> Result<Arc<Resident>, SchedError> {
         let r = self.ensure_loaded(entry).await?;
         r.life().keep_alive = keep_alive;
-        drop(Lease {
+        drop(Ticket {
             resident: Arc::clone(&r),
             permit: None,
             wake: Arc::clone(&self.wake),
@@ -280,11 +308,37 @@ impl Scheduler {
         life.expires_at = Some(Instant::now());
         if r.users.load(Ordering::SeqCst) == 0 {
             drop(life);
-            map.remove(name);
+            let gone = map.remove(name);
             self.metrics.loaded_models.set(map.len() as i64);
+            drop(map);
+            // Dropped outside the lock: destroying an instance can take a moment (RKLLM joins
+            // its worker, which calls rkllm_destroy).
+            drop(gone);
             tracing::info!(model = name, "unloaded");
         }
         true
+    }
+
+    /// Removes `names` from the resident map (they must be idle) and drops them outside the lock.
+    fn evict(&self, names: &[String], why: &'static str) {
+        let mut gone = Vec::new();
+        {
+            let mut map = self.map();
+            for n in names {
+                if let Some(r) = map.get(n)
+                    && r.users.load(Ordering::SeqCst) == 0
+                {
+                    tracing::info!(evicted = %n, why, "unloading idle model");
+                    gone.extend(map.remove(n));
+                }
+            }
+            self.metrics.loaded_models.set(map.len() as i64);
+        }
+        drop(gone);
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.map().values().map(|r| r.candidate()).collect()
     }
 
     /// Drops every idle model (shutdown, after in-flight requests have finished).
@@ -296,7 +350,7 @@ impl Scheduler {
     }
 
     /// Resident model for `entry`, loading it (after evicting idle models) when needed. The
-    /// returned model counts one more user; the caller turns that into a [`Lease`].
+    /// returned model counts one more user; the caller turns that into a [`Ticket`].
     async fn ensure_loaded(&self, entry: &Arc<ModelEntry>) -> Result<Arc<Resident>, SchedError> {
         if let Some(r) = self.claim(entry) {
             return Ok(r);
@@ -305,66 +359,41 @@ impl Scheduler {
         if let Some(r) = self.claim(entry) {
             return Ok(r);
         }
-        let engine = match entry.format {
-            Format::Gguf => self.engines.llama.clone().ok_or_else(|| SchedError::NoEngine {
-                format: "gguf",
-                why: "--engine rkllm serves only .rkllm files".into(),
-            })?,
-            Format::Rkllm => {
-                self.engines.rkllm.clone().map_err(|why| SchedError::NoEngine { format: "rkllm", why: why.clone() })?
-            }
-        };
-        let rkllm = entry.format == Format::Rkllm;
-        // RKLLM: one sequence per batch slot; `parallel` is the model's n_batch.
-        let parallel =
-            if rkllm { entry.settings.n_batch.unwrap_or(self.opts.parallel).clamp(1, 8) } else { self.opts.parallel };
-        let need = entry.memory_estimate(parallel);
-        self.make_room(&entry.name, need)?;
-        let loras = entry
-            .settings
-            .loras
-            .iter()
-            .map(|(n, p)| (n.clone(), if p.is_absolute() { p.clone() } else { self.registry.dir().join(p) }))
-            .collect();
-        let mut spec = LoadSpec {
-            path: entry.path.clone(),
-            n_ctx: entry.context,
-            parallel,
-            threads: self.opts.threads,
-            prefix_cache: self.opts.prefix_cache,
-            family: entry.family.clone(),
-            sampling: entry.settings.sampling.clone(),
-            domain: if rkllm { self.pick_domain(&entry.name, entry.size)? } else { 0 },
-            loras,
-            cpus: self.opts.big_cores.clone(),
-        };
+        let engine = self.engines.for_format(entry.format)?;
+        let slots = engine.slots(entry.settings.n_batch.unwrap_or(self.opts.parallel));
+        self.make_room(&entry.name, entry.memory_estimate(slots))?;
+        let spec = self.load_spec(entry, slots);
         if let Some(f) = self.before_load.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             f();
         }
         tracing::info!(model = %entry.name, file = %entry.path.display(), context = entry.context, "loading");
         let t0 = Instant::now();
-        let mut instance = Self::load_blocking(&engine, &spec).await;
-        if let Err(SchedError::Engine(EngineError::NpuMemory(why))) = &instance {
-            // The domain is full: unload idle NPU models and try once more.
-            if self.evict_idle_npu() > 0 {
-                tracing::warn!(model = %entry.name, %why, "NPU memory full; evicted idle NPU models, retrying once");
-                spec.domain = self.pick_domain(&entry.name, entry.size)?;
-                instance = Self::load_blocking(&engine, &spec).await;
+        let instance = loop {
+            match Self::load_blocking(&engine, &spec).await {
+                Err(SchedError::Engine(e)) if e.is_capacity() => {
+                    // The engine's device memory is full: unload its least recently used idle
+                    // model and try again. Bounded: each round removes one resident.
+                    let Some(victim) = plan::lru_idle_of(&self.candidates(), engine.name()) else {
+                        return Err(e.into());
+                    };
+                    tracing::warn!(model = %entry.name, error = %e, %victim, "device memory full; evicting and retrying");
+                    self.evict(&[victim], "device memory full");
+                }
+                other => break other,
             }
-        }
+        };
         let instance = instance?;
         let load_duration = t0.elapsed();
-        self.metrics.load_seconds.get_or_create(&Metrics::model(&entry.name)).observe(load_duration.as_secs_f64());
+        self.metrics.load_seconds.get_or_create(&labels(&entry.name)).observe(load_duration.as_secs_f64());
         let template = compile_template(entry);
         let r = Arc::new(Resident {
             entry: Arc::clone(entry),
             instance,
             template,
             engine: engine.name(),
-            domain: rkllm.then_some(spec.domain),
             loaded_at: SystemTime::now(),
             load_duration,
-            slots: Arc::new(Semaphore::new(parallel.max(1) as usize)),
+            slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
             waiting: AtomicUsize::new(0),
             users: AtomicUsize::new(1),
             life: Mutex::new(Life { keep_alive: keepalive::DEFAULT, expires_at: None, last_used: Instant::now() }),
@@ -384,50 +413,26 @@ impl Scheduler {
             .map_err(SchedError::from)
     }
 
-    /// The NPU memory domain for a model of `need` bytes (its file: the weights the runtime maps
-    /// into NPU memory), the least used one with room. Checked before `rkllm_init` because
-    /// RKLLM 1.3.0 crashes instead of failing when a domain is full (rknn-llm #522). Idle NPU
-    /// models are unloaded, least recently used first, when no domain has room.
-    fn pick_domain(&self, model: &str, need: u64) -> Result<i32, SchedError> {
-        let budget = self.opts.npu_domain_bytes;
-        if need > budget {
-            return Err(SchedError::NpuTooLarge { model: model.to_owned(), need, budget });
+    /// How to load `entry` with `slots` sequences: the one place a model's settings and the
+    /// agent's options meet.
+    fn load_spec(&self, entry: &ModelEntry, slots: u32) -> LoadSpec {
+        let loras = entry
+            .settings
+            .loras
+            .iter()
+            .map(|(n, p)| (n.clone(), if p.is_absolute() { p.clone() } else { self.registry.dir().join(p) }))
+            .collect();
+        LoadSpec {
+            path: entry.path.clone(),
+            n_ctx: entry.context,
+            parallel: slots,
+            threads: self.opts.threads,
+            prefix_cache: self.opts.prefix_cache,
+            family: entry.family.clone(),
+            sampling: entry.settings.sampling.clone(),
+            loras,
+            cpus: self.opts.big_cores.clone(),
         }
-        let n = self.opts.npu_domains.max(1) as i32;
-        let mut map = self.map();
-        loop {
-            let used = |d: i32| map.values().filter(|r| r.domain == Some(d)).map(|r| r.entry.size).sum::<u64>();
-            let count = |d: i32| map.values().filter(|r| r.domain == Some(d)).count();
-            if let Some(d) = (0..n).filter(|&d| used(d) + need <= budget).min_by_key(|&d| (count(d), d)) {
-                return Ok(d);
-            }
-            let victim = map
-                .values()
-                .filter(|r| r.domain.is_some() && r.users.load(Ordering::SeqCst) == 0)
-                .min_by_key(|r| r.life().last_used)
-                .map(|r| r.entry.name.clone());
-            let Some(victim) = victim else {
-                return Err(SchedError::NpuFull { model: model.to_owned(), need });
-            };
-            tracing::info!(evicted = %victim, for_model = model, "unloading idle NPU model to make room in NPU memory");
-            map.remove(&victim);
-            self.metrics.loaded_models.set(map.len() as i64);
-        }
-    }
-
-    /// Unloads every idle RKLLM instance; returns how many.
-    fn evict_idle_npu(&self) -> usize {
-        let mut map = self.map();
-        let before = map.len();
-        map.retain(|name, r| {
-            let keep = r.domain.is_none() || r.users.load(Ordering::SeqCst) > 0;
-            if !keep {
-                tracing::info!(evicted = %name, "unloading idle NPU model to free NPU memory");
-            }
-            keep
-        });
-        self.metrics.loaded_models.set(map.len() as i64);
-        before - map.len()
     }
 
     /// The resident model for `entry` with one more user, if it is loaded from the same file.
@@ -442,65 +447,34 @@ impl Scheduler {
 
     /// Evicts idle models, least recently used first, until `need` more bytes fit the budget.
     fn make_room(&self, model: &str, need: u64) -> Result<(), SchedError> {
-        let budget = self.opts.memory_budget;
-        if need > budget {
-            return Err(SchedError::TooLarge { model: model.to_owned(), need, budget });
-        }
-        let mut map = self.map();
-        loop {
-            let used: u64 = map.values().map(|r| r.memory()).sum();
-            if used + need <= budget {
-                return Ok(());
+        match plan::make_room(&self.candidates(), need, self.opts.memory_budget) {
+            Ok(victims) => {
+                self.evict(&victims, "memory budget");
+                Ok(())
             }
-            let victim = map
-                .values()
-                .filter(|r| r.users.load(Ordering::SeqCst) == 0)
-                .min_by_key(|r| r.life().last_used)
-                .map(|r| r.entry.name.clone());
-            let Some(victim) = victim else {
-                return Err(SchedError::Busy { model: model.to_owned() });
-            };
-            tracing::info!(evicted = %victim, for_model = model, "evicting idle model to fit the memory budget");
-            map.remove(&victim);
-            self.metrics.loaded_models.set(map.len() as i64);
+            Err(NoRoom::TooLarge { need, budget }) => {
+                Err(SchedError::TooLarge { model: model.to_owned(), need, budget })
+            }
+            Err(NoRoom::Busy) => Err(SchedError::Busy { model: model.to_owned() }),
         }
     }
 
-    /// Unloads idle models whose keep-alive has run out. Runs until the process ends.
-    pub async fn reap_forever(self: Arc<Self>) {
+    /// Unloads idle models whose keep-alive has run out, until `cancel` fires.
+    pub async fn reap_until(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            let next = self.reap_once();
+            let (gone, next) = plan::expired(&self.candidates(), Instant::now());
+            self.evict(&gone, "keep_alive expired");
             let wait = next.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
             tokio::select! {
+                () = cancel.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
             }
         }
     }
 
-    /// One pass; returns the earliest future expiry.
-    fn reap_once(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let mut map = self.map();
-        let mut next: Option<Instant> = None;
-        map.retain(|name, r| {
-            if r.users.load(Ordering::SeqCst) > 0 {
-                return true;
-            }
-            match r.life().expires_at {
-                Some(at) if at <= now => {
-                    tracing::info!(model = %name, "keep_alive expired; unloaded");
-                    false
-                }
-                Some(at) => {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                    true
-                }
-                None => true,
-            }
-        });
-        self.metrics.loaded_models.set(map.len() as i64);
-        next
+    pub fn metrics(&self) -> &SchedMetrics {
+        &self.metrics
     }
 }
 
@@ -519,55 +493,4 @@ fn compile_template(entry: &ModelEntry) -> ChatTemplate {
 /// The built-in templates are constants covered by unit tests; compiling one cannot fail.
 fn unreachable_template() -> ChatTemplate {
     ChatTemplate::new(template::CHATML).unwrap_or_else(|e| panic!("built-in ChatML template is invalid: {e}"))
-}
-
-/// `--memory-budget`: `auto` (80 % of MemTotal), or a size like `6GiB`, `512MiB`, `2G`, bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(auto_budget());
-    }
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" => 1e12,
-        "tib" => 1024f64.powi(4),
-        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
-    };
-    Ok((n * mult) as u64)
-}
-
-fn auto_budget() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(4 * 1024 * 1024);
-    total_kib * 1024 / 10 * 8
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB").unwrap(), 512 * 1024 * 1024);
-        assert_eq!(parse_size("2G").unwrap(), 2_000_000_000);
-        assert_eq!(parse_size("1.5gib").unwrap(), 1_610_612_736);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
-        assert!(parse_size("auto").unwrap() > 0);
-        assert!(parse_size("5 parsecs").is_err());
-    }
 }

@@ -1,6 +1,6 @@
 //! JSON output checks for engines that cannot constrain decoding (the NPU runtime has no
 //! grammar sampler). The answer is parsed, checked against the requested schema, and a failing
-//! answer is retried once with the reason (see `infer::Running`). The checker covers the
+//! answer is retried once with the reason (see `serve::running`). The checker covers the
 //! keywords structured-output requests use in practice — `type`, `properties`, `required`,
 //! `items`, `enum`, `const`, `additionalProperties: false` — and ignores the rest, so it never
 //! rejects an answer for a keyword it does not understand.
