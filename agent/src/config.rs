@@ -53,7 +53,8 @@ pub struct ModelConfig {
     pub chat_template: Option<String>,
     #[serde(default)]
     pub sampling: SamplingConfig,
-    /// RKLLM: sequences decoded together per `rkllm_run` (1–8); overrides `--parallel`.
+    /// Sequences decoded together (1–8; RKLLM `n_batch`, llama.cpp parallel slots); overrides
+    /// `--parallel` for this model, as a ModelDeployment's `runtime.nBatch` does.
     pub n_batch: Option<u32>,
     /// RKLLM: LoRA adapters by name → file (relative to the models directory), selected with the
     /// model name `base:adapter`.

@@ -22,6 +22,8 @@ pub mod metrics;
 pub mod models;
 pub mod node;
 pub mod npu;
+#[cfg(test)]
+mod router_tests;
 pub mod sched;
 pub mod serve;
 pub mod size;

@@ -36,6 +36,10 @@ pub enum ApiError {
     /// says why and is shown.
     #[error("{0}")]
     Unavailable(String),
+    /// The model could not do what was asked (it failed to load, or gave no valid answer): a
+    /// server-side failure whose reason is about the model or its configuration, so it is shown.
+    #[error("{0}")]
+    Model(String),
     /// A failure inside the server; the text is logged, never sent.
     #[error("{0}")]
     Internal(String),
@@ -66,7 +70,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Model(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -80,7 +84,7 @@ impl ApiError {
             Self::Unauthorized => "authentication_error",
             Self::Overloaded(_) => "rate_limit_error",
             Self::Unavailable(_) => "service_unavailable_error",
-            Self::Internal(_) => "server_error",
+            Self::Model(_) | Self::Internal(_) => "server_error",
         }
     }
 
@@ -121,6 +125,7 @@ impl ApiError {
         let rid = id.map(RequestId::as_str).unwrap_or("-");
         match self {
             Self::Internal(m) => tracing::error!(request_id = rid, error = %m, "request failed"),
+            Self::Model(m) => tracing::warn!(request_id = rid, error = %m, "request failed: model"),
             Self::Unavailable(m) => tracing::warn!(request_id = rid, error = %m, "request refused: unavailable"),
             _ => {}
         }

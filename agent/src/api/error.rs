@@ -14,8 +14,8 @@ impl From<ServeError> for ApiError {
             ServeError::ModelNotFound(m) => Self::ModelNotFound(m),
             ServeError::Sched(e) => e.into(),
             ServeError::Engine(e) => e.into(),
-            // The model's fault, not the server's: said plainly so the client can rephrase.
-            ServeError::JsonRetryFailed(_) => Self::Unavailable(e.to_string()),
+            // About the model, not the server's internals: said plainly so the client can act.
+            ServeError::JsonRetryFailed(_) => Self::Model(e.to_string()),
             ServeError::NoAnswer => Self::Internal(e.to_string()),
         }
     }
@@ -39,7 +39,10 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::PromptTooLong { prompt, context } => Self::PromptTooLong { prompt, context },
             EngineError::Grammar(m) => Self::bad("response_format", format!("invalid grammar: {m}")),
-            EngineError::Load { .. } | EngineError::Decode(_) | EngineError::Stopped => Self::Internal(e.to_string()),
+            // A load failure's reason is what the operator must fix (a context above the file's
+            // limit, a file for another SoC): shown. Decode failures are internal.
+            EngineError::Load { .. } => Self::Model(e.to_string()),
+            EngineError::Decode(_) | EngineError::Stopped => Self::Internal(e.to_string()),
             EngineError::Unsupported(m) => Self::BadRequest { message: m, param: Some("model") },
             EngineError::Input(m) => Self::BadRequest { message: m, param: Some("messages") },
             EngineError::NpuTooLarge { .. } => Self::BadRequest { message: e.to_string(), param: Some("model") },
@@ -77,7 +80,10 @@ mod tests {
         assert!(e.to_string().contains("retry later"));
         let e: ApiError = ServeError::ModelNotFound("x".into()).into();
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
-        let e: ApiError = EngineError::Load { path: "/secret".into(), reason: "boom".into() }.into();
+        let e: ApiError = EngineError::Load { path: "m.rkllm".into(), reason: "context too large".into() }.into();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.client_message(None).contains("context too large"), "load failures say why");
+        let e: ApiError = EngineError::Decode("/secret/ggml.c:123".into()).into();
+        assert!(!e.client_message(None).contains("secret"));
     }
 }

@@ -14,8 +14,6 @@ pub mod ollama;
 pub mod openai;
 pub mod ops;
 pub mod params;
-#[cfg(test)]
-mod tests;
 
 use std::{
     sync::{

@@ -1,4 +1,4 @@
-//! In-process tests of the HTTP layer, the serve layer and the scheduler on a mock engine
+//! In-process tests of the whole agent but the engine: the HTTP layer, the serve layer and the scheduler on a mock engine
 //! (`router().oneshot(...)`): the cases that need no real model. Engines themselves are tested
 //! against llama.cpp and rkllm-sim in `agent/tests/`.
 
@@ -70,7 +70,7 @@ fn harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Har
     tweak(&mut config);
     let size = engine.size_bytes;
     let engines = Engines { llama: Some(Arc::new(engine)), rkllm: Err("not in these tests".into()) };
-    let info = board::BoardInfo::detect(&board::Sysfs::new(&dir));
+    let info = board::BoardInfo::detect(&board::Sysfs::new(&config.board.sysfs_root));
     let runtime = RuntimeState { rkllm: None, reason: Some("mock".into()) };
     let agent = Agent::with_engines(config, info, engines, runtime).unwrap();
     for name in [MODEL, "other-model"] {
@@ -182,11 +182,7 @@ async fn errors_come_in_each_apis_shape() {
 #[tokio::test]
 async fn internal_errors_are_logged_not_shown_and_name_the_request_id() {
     let engine = MockEngine::default();
-    engine
-        .fail_loads
-        .lock()
-        .unwrap()
-        .push(EngineError::Load { path: "/very/secret/path.gguf".into(), reason: "disk on fire".into() });
+    engine.fail_loads.lock().unwrap().push(EngineError::Decode("/very/secret/path.c:42: disk on fire".into()));
     let h = harness(engine);
     let req = Request::post("/v1/chat/completions")
         .header(header::CONTENT_TYPE, "application/json")
@@ -284,8 +280,8 @@ async fn unconstrained_json_is_checked_and_retried_once() {
     engine.constrains = false;
     let h = harness(engine);
     let (s, _, b) = call(&h.router, post("/v1/chat/completions", &req)).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
-    assert!(b.contains("did not produce the requested JSON"), "{b}");
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
+    assert!(b.contains("did not produce the requested JSON"), "the reason is about the model, so it is shown: {b}");
 }
 
 #[tokio::test]
@@ -343,4 +339,24 @@ impl Harness {
     fn agent_metrics(&self) -> Arc<prometheus_client::registry::Registry> {
         self.agent.metrics_registry()
     }
+}
+
+/// `--sysfs-root` covers memory too: a simulated board reports its own RAM, not the host's, and
+/// `--memory-budget auto` is 80 % of it.
+#[tokio::test]
+async fn status_reports_the_boards_own_memory_under_a_fixture_root() {
+    let fx = board::fixture::FixtureCopy::rk3588().unwrap();
+    let root = fx.root().to_path_buf();
+    let h = harness_with(MockEngine::default(), |c| {
+        c.board.sysfs_root = root;
+        c.memory_budget = Size::Auto;
+    });
+    let (s, _, b) = call(&h.router, Request::get("/internal/v1/status").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let total = 16_106_128u64 * 1024;
+    assert_eq!(v["board"]["soc"], "rk3588", "{v}");
+    assert_eq!(v["board"]["memory"]["totalBytes"], total, "{v}");
+    assert_eq!(v["big_core_mask"], "0xf0");
+    assert_eq!(h.agent.sched.options().memory_budget, total / 10 * 8);
 }
