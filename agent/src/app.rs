@@ -7,7 +7,7 @@
 //!                        │            registry ─► Scheduler ─► serve::Service ─► api::router
 //!                        │            Node (board facts, tuning) ┘
 //!                        └─► tasks: JoinSet of named, instrumented tasks, stopped by one
-//!                            CancellationToken on shutdown (reaper, board idle watch)
+//!                            CancellationToken on shutdown (reaper, board idle watch, digests)
 //! ```
 
 use std::{
@@ -33,7 +33,7 @@ use crate::{
     engine::{Engine, llama::LlamaEngine},
     keepalive::KeepAlive,
     metrics::PREFIX,
-    models::{ModelArgs, OpenError, Registry},
+    models::{Library, ModelArgs, OpenError, Registry, Residency},
     node::{BoardArgs, BoardMetrics, IdleRestoreError, Node},
     npu::{self, NpuArgs, NpuError},
     sched::{Engines, SchedMetrics, SchedOptions, Scheduler},
@@ -111,6 +111,7 @@ pub struct Agent {
     pub registry: Arc<Registry>,
     pub sched: Arc<Scheduler>,
     pub serve: Arc<Service>,
+    pub library: Arc<Library>,
     pub node: Arc<Node>,
     state: AppState,
     cancel: CancellationToken,
@@ -180,6 +181,8 @@ impl Agent {
             config.default_model.clone(),
         ));
         let board_metrics = Arc::new(BoardMetrics::register(&mut metrics));
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build()?;
+        let library = Arc::new(Library::new(Arc::clone(&registry), http, Arc::clone(&sched) as Arc<dyn Residency>));
         {
             let node = Arc::clone(&node);
             sched.set_before_load(Box::new(move || node.pin()));
@@ -190,8 +193,7 @@ impl Agent {
             board_metrics,
             registry: Arc::new(metrics),
             keys,
-            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build()?,
-            pulls: Arc::default(),
+            library: Arc::clone(&library),
             ready: Arc::new(AtomicBool::new(false)),
             node: Arc::clone(&node),
             runtime,
@@ -201,6 +203,7 @@ impl Agent {
             registry,
             sched,
             serve,
+            library,
             node,
             state,
             cancel: CancellationToken::new(),
@@ -237,6 +240,15 @@ impl Agent {
         self.spawn("keep-alive reaper", move |cancel| sched.reap_until(cancel));
         let (node, sched) = (Arc::clone(&self.node), Arc::clone(&self.sched));
         self.spawn("board idle watch", move |cancel| node.idle_watch(move || sched.residents().is_empty(), cancel));
+        let library = Arc::clone(&self.library);
+        self.spawn("model digests", move |cancel| async move {
+            // Hashing reads whole files: on a blocking thread, abandoned (not awaited) on shutdown.
+            let work = tokio::task::spawn_blocking(move || library.fill_digests());
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                r = work => if let Err(e) = r { tracing::warn!(error = %e, "digest task failed") },
+            }
+        });
         if let Some(name) = &self.config.default_model {
             let entry = self.registry.lookup(name).ok_or_else(|| AgentError::NoDefaultModel {
                 name: name.clone(),

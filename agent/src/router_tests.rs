@@ -360,3 +360,29 @@ async fn status_reports_the_boards_own_memory_under_a_fixture_root() {
     assert_eq!(v["big_core_mask"], "0xf0");
     assert_eq!(h.agent.sched.options().memory_budget, total / 10 * 8);
 }
+
+/// A file copied into the models directory gets a digest: hashed once in the background,
+/// cached beside it, then read by every scan.
+#[tokio::test]
+async fn dropped_in_files_get_a_cached_digest() {
+    let h = harness(MockEngine::default());
+    std::fs::write(h.dir.join("dropped-model.rkllm"), b"abc").unwrap();
+    h.agent.library.rescan();
+    let tags = |b: &str| -> Value {
+        serde_json::from_str::<Value>(b).unwrap()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "dropped-model:latest")
+            .cloned()
+            .unwrap()
+    };
+    let (_, _, b) = call(&h.router, Request::get("/api/tags").body(Body::empty()).unwrap()).await;
+    assert_eq!(tags(&b)["digest"], "", "unknown until hashed: {b}");
+    assert_eq!(h.agent.library.fill_digests(), 1);
+    let (_, _, b) = call(&h.router, Request::get("/api/tags").body(Body::empty()).unwrap()).await;
+    let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    assert_eq!(tags(&b)["digest"], sha);
+    assert!(h.dir.join("dropped-model.rkllm.sha256").exists());
+    assert_eq!(h.agent.library.fill_digests(), 0, "hashed once: the next scan reads the sidecar");
+}

@@ -46,10 +46,10 @@ use utoipa::OpenApi;
 
 use crate::{
     metrics::request_histogram,
+    models::Library,
     node::{BoardMetrics, Node},
     serve::Service,
     status::RuntimeState,
-    store::PullLocks,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,9 +89,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Accepted API keys; `None` = no auth.
     pub keys: Option<Arc<ApiKeys>>,
-    /// Client for `/api/pull` downloads.
-    pub http: reqwest::Client,
-    pub pulls: Arc<PullLocks>,
+    /// Pull, delete, rescan.
+    pub library: Arc<Library>,
     /// False until start-up work (default model load) is done, and again while shutting down.
     pub ready: Arc<AtomicBool>,
     /// The board: facts, tuning, telemetry.

@@ -25,7 +25,7 @@ use super::{AppState, params};
 use crate::{
     engine::{FinishReason, OutputFormat, Perf},
     keepalive::KeepAlive,
-    models::ModelEntry,
+    models::{ModelEntry, PullEvent},
     serve::{self, GenParams, Output, Prompt, Running},
     tools,
 };
@@ -402,10 +402,7 @@ pub async fn delete(
     OllamaJson(req): OllamaJson<DeleteRequest>,
 ) -> Result<StatusCode, OllamaError> {
     let e = st.serve.find(&req.model)?;
-    st.serve.unload(&e.name);
-    let registry = st.serve.sched().registry();
-    crate::store::delete(registry.dir(), &e.path)?;
-    registry.rescan();
+    st.library.delete(&e)?;
     Ok(StatusCode::OK)
 }
 
@@ -416,15 +413,8 @@ pub async fn pull(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<PullRequest>,
 ) -> Result<Response, OllamaError> {
-    let registry = Arc::clone(st.serve.sched().registry());
-    let plan = crate::store::plan_pull(registry.catalog(), &req.model, req.url.as_deref(), req.sha256.as_deref())?;
     let stream = req.stream.unwrap_or(true);
-    let progress = crate::store::pull(st.http.clone(), registry.dir().to_path_buf(), plan, Arc::clone(&st.pulls));
-    let progress = progress.inspect(move |v| {
-        if v["status"] == "success" {
-            registry.rescan();
-        }
-    });
+    let progress = st.library.pull(&req.model, req.url.as_deref(), req.sha256.as_deref())?.map(progress_json);
     if stream {
         let body = Body::from_stream(progress.map(|v| Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n"))));
         let mut resp = Response::new(body);
@@ -437,4 +427,19 @@ pub async fn pull(
         return Err(ApiError::Internal(err.to_owned()).into());
     }
     Ok(Json(last).into_response())
+}
+
+/// Ollama's NDJSON progress object for a library event.
+fn progress_json(ev: Result<PullEvent, crate::store::StoreError>) -> Value {
+    match ev {
+        Ok(PullEvent::Resolving) => json!({"status": "pulling manifest"}),
+        Ok(PullEvent::Downloading { sha256, total, completed }) => json!({
+            "status": format!("pulling {}", &sha256[..sha256.len().min(12)]),
+            "digest": format!("sha256:{sha256}"), "total": total, "completed": completed,
+        }),
+        Ok(PullEvent::Verifying) => json!({"status": "verifying sha256 digest"}),
+        Ok(PullEvent::Writing) => json!({"status": "writing manifest"}),
+        Ok(PullEvent::Success) => json!({"status": "success"}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
 }

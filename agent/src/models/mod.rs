@@ -6,7 +6,9 @@
 
 mod args;
 pub mod catalog;
+pub mod digest;
 pub mod gguf;
+pub mod library;
 pub mod names;
 
 use std::{
@@ -18,6 +20,7 @@ use std::{
 pub use args::{ModelArgs, OpenError};
 pub use catalog::Catalog;
 pub use gguf::GgufMeta;
+pub use library::{Library, PullEvent, Residency};
 
 use crate::config::{Config, Effective};
 
@@ -63,7 +66,8 @@ pub struct ModelEntry {
     pub parameter_size: Option<String>,
     pub quantization: Option<String>,
     pub license: Option<String>,
-    /// sha256 of the file when the catalog pins it for this exact size.
+    /// sha256 of the file: pinned by the catalog for this exact size, or computed once and
+    /// cached beside the file (`digest`).
     pub sha256: Option<String>,
     pub meta: GgufMeta,
     pub settings: Effective,
@@ -272,7 +276,12 @@ pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<Model
     let context = settings
         .context
         .unwrap_or_else(|| context_max.map_or(names::DEFAULT_CONTEXT, |m| m.min(names::DEFAULT_CONTEXT)));
-    let sha256 = cat.filter(|(_, f)| f.size == Some(md.len())).and_then(|(_, f)| f.known_sha256().map(str::to_owned));
+    // Pinned by the catalog for this exact size, else cached beside the file (never computed
+    // here: a scan must stay cheap; `Library::fill_digests` hashes in the background).
+    let sha256 = cat
+        .filter(|(_, f)| f.size == Some(md.len()))
+        .and_then(|(_, f)| f.known_sha256().map(str::to_owned))
+        .or_else(|| digest::cached(path));
     Some(ModelEntry {
         name,
         aliases,

@@ -478,6 +478,12 @@ impl Scheduler {
     }
 }
 
+impl crate::models::Residency for Scheduler {
+    fn unload(&self, name: &str) -> bool {
+        Scheduler::unload(self, name)
+    }
+}
+
 /// The chat template for a model: the config's override, the file's own, or a built-in one.
 /// A file template minijinja cannot compile falls back to the built-in with a warning, so an
 /// exotic template never makes a model unusable.
