@@ -274,6 +274,20 @@ impl Agent {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once it contains `needle`: the agent writes a line before answering, but the
+    /// thread reading its stderr may not have read it yet on a busy machine. Waits at most 30 s
+    /// (a backstop, not the bound: the line is normally there at once); the log either way.
+    pub async fn log_with(&self, needle: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) || t0.elapsed() > Duration::from_secs(30) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -162,7 +162,10 @@ async fn context_above_the_model_limit_fails_at_load_with_the_reason() {
     let msg = r["error"]["message"].as_str().unwrap();
     assert!(msg.contains("max_context_limit 4096") && msg.contains("8192"), "{msg}");
     assert!(
-        n.agent.log_text().contains("must be less than the model's max_context_limit[4096]"),
+        n.agent
+            .log_with("must be less than the model's max_context_limit[4096]")
+            .await
+            .contains("must be less than the model's max_context_limit[4096]"),
         "vendor line passed through"
     );
     let (s, r) = n.agent.post("/api/generate", &json!({"model": QWEN, "prompt": "Hi", "stream": false})).await;

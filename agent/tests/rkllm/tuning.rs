@@ -114,7 +114,12 @@ async fn llama_threads_are_pinned_to_the_big_cores_the_board_reports() {
     let a = Agent::start(&[smollm2()], &["--engine", "llama", "--sysfs-root", &root]).await;
     let (s, r) = a.post("/v1/chat/completions", &chat(SMOL, "Hi", json!({"max_tokens": 2}))).await;
     assert_eq!(s, 200, "{r}");
-    let line = a.log_text().lines().find(|l| l.contains("llama.cpp threads pinned")).map(str::to_owned);
+    let line = a
+        .log_with("llama.cpp threads pinned")
+        .await
+        .lines()
+        .find(|l| l.contains("llama.cpp threads pinned"))
+        .map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("no pinning line:\n{}", a.log_text()));
     assert!(line.contains("cpus=[0"), "{line}");
     let (_, st) = a.get("/internal/v1/status").await;
