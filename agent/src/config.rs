@@ -1,6 +1,7 @@
-//! The agent's config file (`--config`): per-model defaults for sampling, context and
-//! keep_alive. YAML (JSON is accepted too, being YAML). Request fields override these; these
-//! override the built-in defaults.
+//! The agent's config file (`--config`): per-model settings — every setting a ModelDeployment
+//! carries, plus aliases, LoRA adapters and Jinja templates. YAML (JSON is accepted too, being
+//! YAML). It produces the same `settings::ModelSettings` a Board entry does. Request fields
+//! override these; these override the built-in defaults.
 //!
 //! ```yaml
 //! defaults:
@@ -17,6 +18,11 @@
 //!     sampling: { temperature: 0.2, top_k: 20 }
 //!   qwen3-0.6b:                      # an RKLLM model on the NPU
 //!     n_batch: 4                     # sequences per rkllm_run (multi-batch)
+//!     npu_cores: 3                   # the file must have been converted for 3 NPU cores
+//!     thinking: true                 # reason unless a request says otherwise
+//!     chat_template: { system: "<|im_start|>system\nBe brief.<|im_end|>\n",
+//!                      prefix: "<|im_start|>user\n", postfix: "<|im_end|>\n<|im_start|>assistant\n" }
+//!     prompt_caches: ["You are a ship expert."]   # prefilled once per load
 //!     loras: { sql: qwen3-sql_lora.rkllm }   # selected as model "qwen3-0.6b:sql"
 //! ```
 
@@ -24,7 +30,11 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
-use crate::{engine::SamplingParams, keepalive::KeepAlive};
+use crate::{
+    engine::SamplingParams,
+    keepalive::KeepAlive,
+    settings::{ModelSettings, TemplateOverride},
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,13 +59,24 @@ pub struct ModelConfig {
     pub max_tokens: Option<u32>,
     /// System prompt added when a chat has none.
     pub system: Option<String>,
-    /// A Jinja chat template replacing the one in the model file.
-    pub chat_template: Option<String>,
+    /// A chat template replacing the one in the model file: a Jinja string, or RKLLM's
+    /// `{system, prefix, postfix}` parts.
+    pub chat_template: Option<TemplateOverride>,
     #[serde(default)]
     pub sampling: SamplingConfig,
     /// Sequences decoded together (1–8; RKLLM `n_batch`, llama.cpp parallel slots); overrides
     /// `--parallel` for this model, as a ModelDeployment's `runtime.nBatch` does.
     pub n_batch: Option<u32>,
+    /// RKLLM: the NPU cores the file must have been converted for (checked at load).
+    pub npu_cores: Option<u32>,
+    /// RKLLM: keep word embeddings in the model file (overrides `--rkllm-embed-flash`).
+    pub embed_flash: Option<bool>,
+    /// Reason by default on models that can, unless a request says otherwise.
+    pub thinking: Option<bool>,
+    /// Prompt prefixes prefilled once per load: the rendered text for GGUF models, the system
+    /// prompt for RKLLM models.
+    #[serde(default)]
+    pub prompt_caches: Vec<String>,
     /// RKLLM: LoRA adapters by name → file (relative to the models directory), selected with the
     /// model name `base:adapter`.
     #[serde(default)]
@@ -86,20 +107,6 @@ impl SamplingConfig {
             p.seed = self.seed;
         }
     }
-}
-
-/// Effective defaults for one model after merging `defaults` and its own section.
-#[derive(Debug, Clone)]
-pub struct Effective {
-    pub aliases: Vec<String>,
-    pub context: Option<u32>,
-    pub keep_alive: Option<KeepAlive>,
-    pub max_tokens: Option<u32>,
-    pub system: Option<String>,
-    pub chat_template: Option<String>,
-    pub sampling: SamplingParams,
-    pub n_batch: Option<u32>,
-    pub loras: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// Why the config file could not be used; each names the file.
@@ -140,6 +147,9 @@ impl Config {
             if m.context == Some(0) {
                 return Err(format!("{name}: context must be positive"));
             }
+            if m.npu_cores.is_some_and(|n| !(1..=3).contains(&n)) {
+                return Err(format!("{name}: npu_cores must be between 1 and 3 (RK3588 has 3)"));
+            }
             if m.n_batch.is_some_and(|n| !(1..=8).contains(&n)) {
                 return Err(format!("{name}: n_batch must be between 1 and 8 (the runtime's limit)"));
             }
@@ -150,8 +160,8 @@ impl Config {
         Ok(())
     }
 
-    /// Settings for the model called `name` (its friendly name).
-    pub fn effective(&self, name: &str) -> Effective {
+    /// Settings for the model called `name` (its friendly name): its section over `defaults`.
+    pub fn effective(&self, name: &str) -> ModelSettings {
         let own = self.models.get(name);
         let pick = |f: fn(&ModelConfig) -> Option<&serde_json::Value>| own.and_then(f).or(f(&self.defaults)).cloned();
         let mut sampling = SamplingParams::default();
@@ -159,7 +169,9 @@ impl Config {
         if let Some(m) = own {
             m.sampling.apply(&mut sampling);
         }
-        Effective {
+        let own_or = |f: fn(&ModelConfig) -> Option<u32>| own.and_then(f).or(f(&self.defaults));
+        let own_or_bool = |f: fn(&ModelConfig) -> Option<bool>| own.and_then(f).or(f(&self.defaults));
+        ModelSettings {
             aliases: own.map(|m| m.aliases.clone()).unwrap_or_default(),
             context: own.and_then(|m| m.context).or(self.defaults.context),
             keep_alive: pick(|m| m.keep_alive.as_ref()).and_then(|v| KeepAlive::from_json(&v).ok()),
@@ -167,7 +179,14 @@ impl Config {
             system: own.and_then(|m| m.system.clone()).or_else(|| self.defaults.system.clone()),
             chat_template: own.and_then(|m| m.chat_template.clone()).or_else(|| self.defaults.chat_template.clone()),
             sampling,
-            n_batch: own.and_then(|m| m.n_batch).or(self.defaults.n_batch),
+            n_batch: own_or(|m| m.n_batch),
+            npu_cores: own_or(|m| m.npu_cores),
+            embed_flash: own_or_bool(|m| m.embed_flash),
+            thinking: own_or_bool(|m| m.thinking),
+            prompt_caches: own
+                .map(|m| m.prompt_caches.clone())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| self.defaults.prompt_caches.clone()),
             loras: own.map(|m| m.loras.clone()).unwrap_or_default(),
         }
     }

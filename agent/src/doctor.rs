@@ -129,6 +129,10 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         prefix_cache: false,
         family: m.family.clone(),
         sampling: m.settings.sampling.clone(),
+        chat_template: None,
+        npu_cores: m.settings.npu_cores,
+        embed_flash: m.settings.embed_flash,
+        prompt_caches: Vec::new(),
         loras: Vec::new(),
         cpus: Vec::new(),
     };

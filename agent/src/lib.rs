@@ -26,6 +26,7 @@ pub mod npu;
 mod router_tests;
 pub mod sched;
 pub mod serve;
+pub mod settings;
 pub mod size;
 pub mod status;
 pub mod store;

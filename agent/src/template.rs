@@ -32,9 +32,28 @@ pub fn builtin_for(arch: Option<&str>) -> &'static str {
     }
 }
 
+/// RKLLM-style three-part templates rendered for a GGUF model: `system` once, then each user (or
+/// tool) message between `prefix` and `postfix` (request system messages join the first one),
+/// each assistant turn followed by the end-of-sequence token — the same text the NPU runtime's
+/// KV cache holds for a conversation with that template. The parts are context variables, so
+/// they need no escaping.
+pub const PARTS: &str = concat!(
+    "{%- set ns = namespace(sys='', first=true) -%}",
+    "{%- for m in messages if m['role'] == 'system' -%}{%- set ns.sys = ns.sys + m['content'] + '\n\n' -%}{%- endfor -%}",
+    "{{ parts_system }}",
+    "{%- for m in messages -%}",
+    "{%- if m['role'] == 'user' or m['role'] == 'tool' -%}",
+    "{{ parts_prefix }}{%- if ns.first -%}{{ ns.sys }}{%- set ns.first = false -%}{%- endif -%}{{ m['content'] }}{{ parts_postfix }}",
+    "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}{{ eos_token }}",
+    "{%- endif -%}",
+    "{%- endfor -%}",
+);
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The parts of a [`PARTS`] template.
+    parts: Option<(String, String, String)>,
     /// Whether the template reads `tools` itself; otherwise tools are described in the system
     /// prompt by [`crate::tools`].
     pub handles_tools: bool,
@@ -99,7 +118,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned("chat", source.to_owned()).map_err(|e| format!("invalid chat template: {e}"))?;
-        Ok(Self { env, handles_tools: source.contains("tools") })
+        Ok(Self { env, parts: None, handles_tools: source.contains("tools") })
+    }
+
+    /// A template from RKLLM-style parts (see [`PARTS`]).
+    pub fn from_parts(system: &str, prefix: &str, postfix: &str) -> Result<Self, String> {
+        let mut t = Self::new(PARTS)?;
+        t.parts = Some((system.to_owned(), prefix.to_owned(), postfix.to_owned()));
+        Ok(t)
     }
 
     /// Renders `messages` (OpenAI-shaped JSON objects) into prompt text.
@@ -113,12 +139,16 @@ impl ChatTemplate {
     ) -> Result<String, String> {
         let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
         let tools = tools.filter(|_| self.handles_tools).map(JValue::from_serialize);
+        let (ps, pp, pq) = self.parts.clone().unwrap_or_default();
         tmpl.render(context! {
             messages => JValue::from_serialize(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => bos,
             eos_token => eos,
             tools => tools,
+            parts_system => ps,
+            parts_prefix => pp,
+            parts_postfix => pq,
         })
         .map_err(|e| format!("chat template failed: {e}"))
     }
@@ -131,6 +161,19 @@ mod tests {
 
     /// The template embedded in SmolLM2-135M-Instruct's GGUF (ChatML with a default system prompt).
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn three_part_templates_render_like_the_npu_runtime() {
+        let t = ChatTemplate::from_parts("<sys>", "<u>", "</u><a>").unwrap();
+        let msgs = [
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": "Hi"}),
+            json!({"role": "assistant", "content": "Hello"}),
+            json!({"role": "user", "content": "Bye"}),
+        ];
+        let out = t.render(&msgs, None, true, "", "<eos>").unwrap();
+        assert_eq!(out, "<sys><u>Be brief.\n\nHi</u><a>Hello<eos><u>Bye</u><a>");
+    }
 
     #[test]
     fn smollm2_template_adds_its_default_system_prompt() {

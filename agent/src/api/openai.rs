@@ -120,9 +120,9 @@ pub async fn chat_completions(
     params.adapter = adapter;
     apply_sampling(&req.sampling, &mut params)?;
     params.think = match req.reasoning_effort.as_deref() {
-        None => req.enable_thinking.unwrap_or(false),
-        Some("none") => false,
-        Some("minimal" | "low" | "medium" | "high") => true,
+        None => req.enable_thinking,
+        Some("none") => Some(false),
+        Some("minimal" | "low" | "medium" | "high") => Some(true),
         Some(other) => {
             return Err(ApiError::bad(
                 "reasoning_effort",

@@ -175,6 +175,16 @@ pub struct LoadSpec {
     pub family: Option<String>,
     /// Sampling fixed at load (RKLLM ABI 1.2 has no per-run sampling).
     pub sampling: SamplingParams,
+    /// RKLLM-style template parts replacing the model's (`rkllm_set_chat_template`); GGUF
+    /// models get theirs rendered by the serve layer instead.
+    pub chat_template: Option<crate::settings::TemplateParts>,
+    /// NPU cores the `.rkllm` file must have been converted for; a mismatch fails the load.
+    pub npu_cores: Option<u32>,
+    /// Keep word embeddings in the model file (RKLLM); `None` = the engine's default.
+    pub embed_flash: Option<bool>,
+    /// Prompt prefixes to prefill once per load: llama.cpp evaluates each (as text) into a slot's
+    /// KV cache; RKLLM treats each as a system prompt whose prompt-cache file it creates.
+    pub prompt_caches: Vec<String>,
     /// LoRA adapters to load: `(name, file)`.
     pub loras: Vec<(String, PathBuf)>,
     /// CPUs the engine's threads run on (the board's big cores); empty = no pinning.

@@ -22,7 +22,7 @@ pub use catalog::Catalog;
 pub use gguf::GgufMeta;
 pub use library::{Library, PullEvent, Residency};
 
-use crate::config::{Config, Effective};
+use crate::{config::Config, settings::ModelSettings};
 
 /// Model file formats, chosen by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct ModelEntry {
     /// cached beside the file (`digest`).
     pub sha256: Option<String>,
     pub meta: GgufMeta,
-    pub settings: Effective,
+    pub settings: ModelSettings,
     /// What the model can do, decided once from its file and family (not per request).
     pub capabilities: Capabilities,
 }
@@ -102,7 +102,7 @@ impl Capabilities {
         v
     }
 
-    fn of(format: Format, meta: &GgufMeta, settings: &Effective, family: Option<&str>, file_name: &str) -> Self {
+    fn of(format: Format, meta: &GgufMeta, settings: &ModelSettings, family: Option<&str>, file_name: &str) -> Self {
         let has_template = settings.chat_template.is_some() || meta.chat_template.is_some();
         // GGUF: a template to describe tools in, or Gemma's built-in one; RKLLM: the runtime's
         // `rkllm_set_function_tools`.

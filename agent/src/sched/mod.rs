@@ -36,6 +36,7 @@ use crate::{
     keepalive::{self, KeepAlive},
     metrics::model as labels,
     models::{Format, ModelEntry, Registry},
+    settings::TemplateOverride,
     template::{self, ChatTemplate},
 };
 
@@ -430,6 +431,13 @@ impl Scheduler {
             prefix_cache: self.opts.prefix_cache,
             family: entry.family.clone(),
             sampling: entry.settings.sampling.clone(),
+            chat_template: match &entry.settings.chat_template {
+                Some(TemplateOverride::Parts(p)) => Some(p.clone()),
+                _ => None,
+            },
+            npu_cores: entry.settings.npu_cores,
+            embed_flash: entry.settings.embed_flash,
+            prompt_caches: entry.settings.prompt_caches.clone(),
             loras,
             cpus: self.opts.big_cores.clone(),
         }
@@ -484,13 +492,17 @@ impl crate::models::Residency for Scheduler {
     }
 }
 
-/// The chat template for a model: the config's override, the file's own, or a built-in one.
-/// A file template minijinja cannot compile falls back to the built-in with a warning, so an
-/// exotic template never makes a model unusable.
+/// The chat template for a model: the settings' override (Jinja, or RKLLM-style parts rendered
+/// the same way), the file's own, or a built-in one. A template minijinja cannot compile falls
+/// back to the built-in with a warning, so an exotic template never makes a model unusable.
 fn compile_template(entry: &ModelEntry) -> ChatTemplate {
     let builtin = template::builtin_for(entry.meta.architecture.as_deref());
-    let source = entry.settings.chat_template.as_deref().or(entry.meta.chat_template.as_deref()).unwrap_or(builtin);
-    ChatTemplate::new(source).unwrap_or_else(|e| {
+    let compiled = match &entry.settings.chat_template {
+        Some(TemplateOverride::Parts(p)) => ChatTemplate::from_parts(&p.system, &p.prefix, &p.postfix),
+        Some(TemplateOverride::Jinja(j)) => ChatTemplate::new(j),
+        None => ChatTemplate::new(entry.meta.chat_template.as_deref().unwrap_or(builtin)),
+    };
+    compiled.unwrap_or_else(|e| {
         tracing::warn!(model = %entry.name, error = %e, "chat template not usable; using the built-in one");
         ChatTemplate::new(builtin).unwrap_or_else(|_| unreachable_template())
     })

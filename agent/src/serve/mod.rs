@@ -61,8 +61,9 @@ pub struct GenParams {
     pub keep_alive: Option<KeepAlive>,
     /// Ollama `num_ctx` below the loaded window: prompt plus output must fit it.
     pub context_limit: Option<u32>,
-    /// Reasoning asked for (Ollama `think`, OpenAI `reasoning_effort`, `enable_thinking`).
-    pub think: bool,
+    /// Reasoning asked for (Ollama `think`, OpenAI `reasoning_effort`, `enable_thinking`);
+    /// `None` = the model's `thinking` setting, on models that can.
+    pub think: Option<bool>,
     /// LoRA adapter from a `base:adapter` model name.
     pub adapter: Option<String>,
 }
@@ -170,9 +171,10 @@ impl Service {
         mut params: GenParams,
     ) -> Result<Running, ServeError> {
         params.sampling.validate().map_err(|m| ServeError::Invalid { param: None, message: m })?;
-        if params.think && !entry.capabilities.thinking {
+        if params.think == Some(true) && !entry.capabilities.thinking {
             return Err(ServeError::invalid("think", format!("\"{}\" does not support thinking", entry.name)));
         }
+        let think = params.think.unwrap_or(entry.capabilities.thinking && entry.settings.thinking == Some(true));
         let started = Instant::now();
         let was_resident = self.sched.resident(&entry.name).is_some();
         let keep_alive = self.keep_alive_for(entry, params.keep_alive);
@@ -210,7 +212,7 @@ impl Service {
             format: if constrained { params.format.clone() } else { None },
             ignore_eos: params.ignore_eos,
             chat,
-            think: params.think,
+            think,
             adapter: params.adapter,
         };
         let check = (!constrained).then_some(params.format.as_ref()).flatten().map(|f| JsonCheck {

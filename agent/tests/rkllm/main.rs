@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod features;
+mod settings;
 mod tuning;
 
 use std::{

@@ -135,6 +135,7 @@ pub(super) fn worker(
         return;
     }
     let mut slots: Vec<Slot> = (0..parallel).map(|i| Slot { seq: i as i32, cache: Vec::new(), active: None }).collect();
+    warm(model, &mut ctx, &mut slots, &spec.prompt_caches, n_ctx_seq);
     let mut queue: VecDeque<Job> = VecDeque::new();
     let mut batch: LlamaBatch<'_> = LlamaBatch::new(N_BATCH as usize, 1);
     let mut open = true;
@@ -168,6 +169,50 @@ pub(super) fn worker(
     }
     busy.store(0, Ordering::Relaxed);
     tracing::debug!(model = %spec.path.display(), "engine thread stopped");
+}
+
+/// Prefills each configured prompt prefix into its own slot's KV cache (slot `i` gets prefix
+/// `i`; extra prefixes beyond the slots are skipped with a warning), so the first request
+/// starting with one reuses it like any cached prefix.
+fn warm(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], prefixes: &[String], n_ctx: u32) {
+    if prefixes.len() > slots.len() {
+        tracing::warn!(
+            prefixes = prefixes.len(),
+            slots = slots.len(),
+            "more prompt caches than slots; the rest are not prefilled"
+        );
+    }
+    let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+    for (slot, text) in slots.iter_mut().zip(prefixes) {
+        let toks = tokenize(model, text);
+        if toks.is_empty() || toks.len() as u32 >= n_ctx {
+            tracing::warn!(
+                tokens = toks.len(),
+                context = n_ctx,
+                "prompt cache empty or longer than the context; skipped"
+            );
+            continue;
+        }
+        let mut ok = true;
+        for (i, chunk) in toks.chunks(N_BATCH as usize).enumerate() {
+            batch.clear();
+            for (j, t) in chunk.iter().enumerate() {
+                let pos = (i * N_BATCH as usize + j) as i32;
+                ok &= batch.add(*t, pos, &[slot.seq], false).is_ok();
+            }
+            ok = ok && ctx.decode(&mut batch).is_ok();
+            if !ok {
+                break;
+            }
+        }
+        if ok {
+            slot.cache = toks;
+            tracing::info!(seq = slot.seq, tokens = slot.cache.len(), "prompt cache prefilled");
+        } else {
+            let _ = ctx.kv_cache_seq_rm(slot.seq, None, None);
+            tracing::warn!(seq = slot.seq, "prompt cache prefill failed; the slot starts empty");
+        }
+    }
 }
 
 /// Approximate KV-cache size (f16 K and V for every layer) used for memory accounting.

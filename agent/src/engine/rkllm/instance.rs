@@ -45,6 +45,8 @@ pub struct Config {
     /// Continue conversations held in the KV cache (`--prefix-cache`); off = every request
     /// starts from an empty cache (the runtime's own in-memory prefix reuse still applies).
     pub reuse: bool,
+    /// Template parts from the model's settings, replacing the family's (and the file's).
+    pub template: Option<crate::settings::TemplateParts>,
     pub facts: ModelFacts,
 }
 
@@ -303,8 +305,9 @@ impl Worker {
         }
         // With tools the runtime writes the system block from set_function_tools' prompt.
         let system = if setup.tools.is_some() || batch { "" } else { setup.system.as_str() };
-        let want = match self.cfg.family {
-            Some(f) if !system.is_empty() || self.applied.template.is_some() => Some(f.template(system, think)),
+        let want = match (&self.cfg.template, self.cfg.family) {
+            (Some(p), _) => Some((p.system.clone(), p.prefix.clone(), p.postfix.clone())),
+            (None, Some(f)) if !system.is_empty() || self.applied.template.is_some() => Some(f.template(system, think)),
             _ => None,
         };
         if want.is_some() && want != self.applied.template {
@@ -326,7 +329,10 @@ impl Worker {
         };
         let mut setup = Setup { system: chat.system.clone(), tools: chat.tools.as_ref().map(|t| t.to_string()) };
         let mut messages = chat.messages.clone();
-        if self.cfg.family.is_none() && setup.tools.is_none() && !setup.system.is_empty() {
+        // A fixed template (none for the family, or the settings' own) cannot carry a request's
+        // system prompt: it joins the first user message.
+        let fixed = self.cfg.family.is_none() || self.cfg.template.is_some();
+        if fixed && setup.tools.is_none() && !setup.system.is_empty() {
             if let Some(m) = messages.iter_mut().find(|m| m["role"] == "user") {
                 let c = m["content"].as_str().unwrap_or_default();
                 m["content"] = json!(format!("{}\n\n{c}", setup.system));

@@ -77,6 +77,14 @@ pub fn init_failure(log: &str) -> InitFailure {
     InitFailure::Other(if errors.is_empty() { "the runtime printed no reason".into() } else { errors.join("; ") })
 }
 
+/// The NPU core count a successful init reports for the model file (`npu_core_num: 3`).
+pub fn npu_core_num(log: &str) -> Option<u32> {
+    log.lines().find_map(|l| {
+        let rest = &l[l.find("npu_core_num:")? + "npu_core_num:".len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
+}
+
 fn bracket_after(line: &str, key: &str) -> Option<u32> {
     let rest = &line[line.find(key)? + key.len()..];
     rest[..rest.find(']')?].trim().parse().ok()
@@ -97,6 +105,13 @@ mod tests {
         ));
         assert!(matches!(init_failure("E rkllm: invalid rknn llm model magic"), InitFailure::BadModel(_)));
         assert_eq!(init_failure("E rkllm: rkllm_init failed"), InitFailure::Other("E rkllm: rkllm_init failed".into()));
+    }
+
+    #[test]
+    fn core_count_from_the_init_line() {
+        let log = "I rkllm: rkllm-toolkit version: 1.2.1, max_context_limit: 4096, npu_core_num: 3, target_platform: RK3588\n";
+        assert_eq!(npu_core_num(log), Some(3));
+        assert_eq!(npu_core_num("I rkllm: loading"), None);
     }
 
     #[test]

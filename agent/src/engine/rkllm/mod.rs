@@ -105,7 +105,7 @@ impl Engine for RkllmEngine {
             domain: booking.domain,
             cpus_mask: self.opts.cpus_mask,
             cpus_num: self.opts.cpus_num,
-            embed_flash: self.opts.embed_flash,
+            embed_flash: spec.embed_flash.unwrap_or(self.opts.embed_flash),
         };
         let (res, log) = logcap::capture(|| self.rt.init(&params));
         let (h, keep) = res.map_err(|rc| match logcap::init_failure(&log) {
@@ -121,6 +121,15 @@ impl Engine for RkllmEngine {
             InitFailure::BadModel(line) => fail(format!("not a model this runtime can load: {line}")),
             InitFailure::Other(why) => fail(format!("rkllm_init returned {rc}: {why}")),
         })?;
+        if let (Some(want), Some(found)) = (spec.npu_cores, logcap::npu_core_num(&log))
+            && want != found
+        {
+            self.rt.destroy(h);
+            return Err(fail(format!(
+                "the file was converted for {found} NPU cores but npuCores is {want}: reconvert it with \
+                 rkllm-toolkit (num_npu_core={want}) or drop the setting"
+            )));
+        }
         for (name, file) in &spec.loras {
             let (Ok(p), Ok(n)) = (CString::new(file.to_string_lossy().as_bytes()), CString::new(name.as_str())) else {
                 continue;
@@ -152,6 +161,7 @@ impl Engine for RkllmEngine {
             prompt_cache: self.opts.prompt_cache.clone(),
             batch_wait: self.opts.batch_wait,
             reuse: spec.prefix_cache,
+            template: spec.chat_template.clone(),
             facts,
         };
         Ok(instance::spawn(cfg, h, keep, booking))
