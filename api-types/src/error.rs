@@ -36,6 +36,10 @@ pub enum ApiError {
     /// says why and is shown.
     #[error("{0}")]
     Unavailable(String),
+    /// A server this one depends on failed (a model download: the origin's answer, a digest that
+    /// did not match): shown, it is about the request's source, not this server's internals.
+    #[error("{0}")]
+    Upstream(String),
     /// The model could not do what was asked (it failed to load, or gave no valid answer): a
     /// server-side failure whose reason is about the model or its configuration, so it is shown.
     #[error("{0}")]
@@ -70,6 +74,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Model(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +89,7 @@ impl ApiError {
             Self::Unauthorized => "authentication_error",
             Self::Overloaded(_) => "rate_limit_error",
             Self::Unavailable(_) => "service_unavailable_error",
+            Self::Upstream(_) => "upstream_error",
             Self::Model(_) | Self::Internal(_) => "server_error",
         }
     }
@@ -126,6 +132,7 @@ impl ApiError {
         match self {
             Self::Internal(m) => tracing::error!(request_id = rid, error = %m, "request failed"),
             Self::Model(m) => tracing::warn!(request_id = rid, error = %m, "request failed: model"),
+            Self::Upstream(m) => tracing::warn!(request_id = rid, error = %m, "request failed: upstream"),
             Self::Unavailable(m) => tracing::warn!(request_id = rid, error = %m, "request refused: unavailable"),
             _ => {}
         }

@@ -1,8 +1,8 @@
 //! Ollama request bodies (`/api/*`), as Ollama's clients send them. Ollama's older spellings
 //! (`name` for `model`) are accepted where its server accepts them.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 /// Modelfile `options` the agent honours; others are accepted and ignored (see docs/api.md).
@@ -122,4 +122,183 @@ pub struct EmbedRequest {
     pub keep_alive: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub options: Option<Value>,
+}
+
+// === Responses ===
+
+/// A call the model asked for; Ollama sends `arguments` as an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub function: ToolFunction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolFunction {
+    pub index: usize,
+    pub name: String,
+    pub arguments: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// Durations (nanoseconds) and counts of a finished request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub total_duration: u64,
+    pub load_duration: u64,
+    pub prompt_eval_count: u32,
+    pub prompt_eval_duration: u64,
+    pub eval_count: u32,
+    pub eval_duration: u64,
+}
+
+/// One NDJSON line of `/api/chat`, or its whole answer (`done: true` carries the stats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub model: String,
+    pub created_at: String,
+    pub message: Message,
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+/// One NDJSON line of `/api/generate`, or its whole answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateResponse {
+    pub model: String,
+    pub created_at: String,
+    pub response: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    pub parent_model: String,
+    pub format: String,
+    pub family: String,
+    pub families: Option<Vec<String>>,
+    pub parameter_size: String,
+    pub quantization_level: String,
+}
+
+/// One model of `GET /api/tags`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagModel {
+    pub name: String,
+    pub model: String,
+    pub modified_at: String,
+    pub size: u64,
+    pub digest: String,
+    pub details: Details,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tags {
+    pub models: Vec<TagModel>,
+}
+
+/// One resident model of `GET /api/ps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PsModel {
+    pub name: String,
+    pub model: String,
+    pub size: u64,
+    pub digest: String,
+    pub details: Details,
+    pub expires_at: String,
+    pub size_vram: u64,
+    pub context_length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ps {
+    pub models: Vec<PsModel>,
+}
+
+/// `POST /api/show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Show {
+    pub modelfile: String,
+    pub parameters: String,
+    pub template: String,
+    pub system: String,
+    pub license: String,
+    pub details: Details,
+    pub model_info: Map<String, Value>,
+    pub capabilities: Vec<String>,
+    pub modified_at: String,
+}
+
+/// `GET /api/version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub version: String,
+}
+
+/// One NDJSON line of `/api/pull`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+}
+
+/// `POST /api/embed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub embeddings: Vec<Vec<f32>>,
+    pub total_duration: u64,
+    pub load_duration: u64,
+    pub prompt_eval_count: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn pieces_leave_out_what_is_unset_and_the_last_carries_stats() {
+        let mut r = ChatResponse {
+            model: "m:latest".into(),
+            created_at: "t".into(),
+            message: Message { role: "assistant".into(), content: "Hi".into(), thinking: None, tool_calls: None },
+            done: false,
+            done_reason: None,
+            stats: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"model": "m:latest", "created_at": "t", "done": false, "message": {"role": "assistant", "content": "Hi"}})
+        );
+        (r.done, r.done_reason, r.stats) =
+            (true, Some("stop".into()), Some(Stats { eval_count: 3, ..Stats::default() }));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!((v["eval_count"].as_u64(), v["done_reason"].as_str()), (Some(3), Some("stop")), "flattened: {v}");
+        let back: ChatResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r, "the gateway reads what the agent writes");
+    }
 }

@@ -5,10 +5,12 @@
 use std::time::Instant;
 
 use api_types::{
-    ApiError, OllamaError, OllamaJson, OpenAiError, OpenAiJson, ollama::EmbedRequest, openai::EmbeddingRequest,
+    ApiError, OllamaError, OllamaJson, OpenAiError, OpenAiJson,
+    ollama::{EmbedRequest, EmbedResponse},
+    openai::{Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage, EmbeddingVector},
 };
 use axum::{Json, extract::State, response::IntoResponse};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{AppState, params};
 
@@ -52,19 +54,22 @@ pub async fn openai_embeddings(
     }
     let out = st.serve.embed(&req.model, inputs(&req.input)?, None).await?;
     let (model, e) = (out.model, out.embeddings);
-    let data: Vec<Value> = e
+    let data = e
         .vectors
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 { Value::String(to_base64(v)) } else { json!(v) };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+        .map(|(index, v)| Embedding {
+            object: "embedding".into(),
+            index,
+            embedding: if base64 { EmbeddingVector::Base64(to_base64(&v)) } else { EmbeddingVector::Float(v) },
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list", "data": data, "model": model,
-        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
-    })))
+    Ok(Json(EmbeddingList {
+        object: "list".into(),
+        data,
+        model,
+        usage: EmbeddingUsage { prompt_tokens: e.prompt_tokens, total_tokens: e.prompt_tokens },
+    }))
 }
 
 /// OpenAI's `base64` encoding: the vector's float32 values, little-endian, base64-encoded.
@@ -85,9 +90,11 @@ pub async fn ollama_embed(
     let ka = params::keep_alive(req.keep_alive.as_ref())?;
     let out = st.serve.embed(&req.model, inputs(&req.input)?, ka).await?;
     let (model, e, load) = (out.model, out.embeddings, out.load_duration);
-    Ok(Json(json!({
-        "model": model, "embeddings": e.vectors,
-        "total_duration": t0.elapsed().as_nanos() as u64, "load_duration": load.as_nanos() as u64,
-        "prompt_eval_count": e.prompt_tokens,
-    })))
+    Ok(Json(EmbedResponse {
+        model,
+        embeddings: e.vectors,
+        total_duration: t0.elapsed().as_nanos() as u64,
+        load_duration: load.as_nanos() as u64,
+        prompt_eval_count: e.prompt_tokens,
+    }))
 }

@@ -56,7 +56,9 @@ impl From<StoreError> for ApiError {
         match &e {
             StoreError::Invalid(m) => Self::bad("model", m.clone()),
             StoreError::NotFound(_) => Self::NotFound(e.to_string()),
-            _ => Self::Internal(e.to_string()),
+            // The origin's answer or a digest mismatch: about the source the client named.
+            StoreError::Http(_) | StoreError::Digest { .. } => Self::Upstream(e.to_string()),
+            StoreError::Io { .. } => Self::Internal(e.to_string()),
         }
     }
 }

@@ -7,7 +7,10 @@ use std::{convert::Infallible, sync::Arc, time::SystemTime};
 
 use api_types::{
     ApiError, ErrorShape, OllamaError, OllamaJson,
-    ollama::{ChatRequest, DeleteRequest, GenerateRequest, Options, PullRequest, ShowRequest},
+    ollama::{
+        self as oll, ChatRequest, ChatResponse, DeleteRequest, Details, GenerateRequest, GenerateResponse, Message,
+        Options, Progress, Ps, PsModel, PullRequest, Show, ShowRequest, Stats, TagModel, Tags, ToolFunction,
+    },
     request_id,
 };
 use axum::{
@@ -165,12 +168,9 @@ async fn load_or_unload(
         st.serve.load(entry, ka).await?;
         "load"
     };
-    let mut v = json!({"model": tag(&entry.name), "created_at": params::rfc3339(SystemTime::now()), "done": true, "done_reason": reason});
-    if generate {
-        v["response"] = json!("");
-    } else {
-        v["message"] = json!({"role": "assistant", "content": ""});
-    }
+    let kind = if generate { Kind::Generate } else { Kind::Chat };
+    let mut v = line(kind, &tag(&entry.name), String::new(), None, None);
+    v.finish(reason, None);
     Ok(Json(v).into_response())
 }
 
@@ -192,36 +192,29 @@ async fn respond(run: Running, stream: bool, kind: Kind) -> Result<Response, Oll
     let model = tag(run.model_name());
     let (load, started) = (run.load_duration, run.started);
     let done = run.collect().await?;
-    let mut v = final_object(kind, &model, &done.text, done.reason, &done.perf, load, started);
-    if kind == Kind::Chat && !done.tool_calls.is_empty() {
-        v["message"]["tool_calls"] = ollama_calls(&done.tool_calls);
-    }
-    if !done.reasoning.is_empty() {
-        match kind {
-            Kind::Chat => v["message"]["thinking"] = json!(done.reasoning),
-            Kind::Generate => v["thinking"] = json!(done.reasoning),
-        }
-    }
+    let thinking = (!done.reasoning.is_empty()).then_some(done.reasoning);
+    let calls = (!done.tool_calls.is_empty()).then(|| ollama_calls(&done.tool_calls));
+    let mut v = line(kind, &model, done.text, thinking, calls);
+    v.finish(done_reason(done.reason), Some(stats(&done.perf, load, started)));
     Ok(Json(v).into_response())
 }
 
 fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
     let rid = request_id::current();
+    let as_value = |l: Line| serde_json::to_value(l).unwrap_or_default();
     async_stream::stream! {
         let model = tag(run.model_name());
         while let Some(out) = run.next().await {
             match out {
-                Output::Reasoning(text) => yield thinking_piece(kind, &model, &text),
-                Output::Text(text) => yield piece(kind, &model, &text),
+                Output::Reasoning(text) => yield as_value(line(kind, &model, String::new(), Some(text), None)),
+                Output::Text(text) => yield as_value(line(kind, &model, text, None, None)),
                 Output::ToolCalls(calls) => {
-                    let mut v = piece(kind, &model, "");
-                    if kind == Kind::Chat {
-                        v["message"]["tool_calls"] = ollama_calls(&calls);
-                    }
-                    yield v;
+                    yield as_value(line(kind, &model, String::new(), None, Some(ollama_calls(&calls))));
                 }
                 Output::Done { reason, perf } => {
-                    yield final_object(kind, &model, "", reason, &perf, run.load_duration, run.started);
+                    let mut v = line(kind, &model, String::new(), None, None);
+                    v.finish(done_reason(reason), Some(stats(&perf, run.load_duration, run.started)));
+                    yield as_value(v);
                     break;
                 }
                 Output::Error(e) => {
@@ -233,58 +226,78 @@ fn ndjson(mut run: Running, kind: Kind) -> impl Stream<Item = Value> {
     }
 }
 
-fn piece(kind: Kind, model: &str, text: &str) -> Value {
-    let mut v = json!({"model": model, "created_at": params::rfc3339(SystemTime::now()), "done": false});
-    match kind {
-        Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
-        Kind::Generate => v["response"] = json!(text),
-    }
-    v
+/// One answer object in the route's shape: `/api/chat` or `/api/generate`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Line {
+    Chat(ChatResponse),
+    Generate(GenerateResponse),
 }
 
-/// A streamed piece of reasoning: `message.thinking` (chat) or `thinking` (generate).
-fn thinking_piece(kind: Kind, model: &str, text: &str) -> Value {
-    let mut v = piece(kind, model, "");
-    match kind {
-        Kind::Chat => v["message"]["thinking"] = json!(text),
-        Kind::Generate => v["thinking"] = json!(text),
+impl Line {
+    /// Marks the object as the last one, with its reason and stats.
+    fn finish(&mut self, reason: &str, stats: Option<Stats>) {
+        let (done, done_reason, st) = match self {
+            Self::Chat(c) => (&mut c.done, &mut c.done_reason, &mut c.stats),
+            Self::Generate(g) => (&mut g.done, &mut g.done_reason, &mut g.stats),
+        };
+        (*done, *done_reason, *st) = (true, Some(reason.to_owned()), stats);
     }
-    v
 }
 
-fn final_object(
-    kind: Kind,
-    model: &str,
-    text: &str,
-    reason: FinishReason,
-    perf: &Perf,
-    load: std::time::Duration,
-    started: std::time::Instant,
-) -> Value {
-    let mut v = piece(kind, model, text);
-    let ns = |ms: f64| (ms * 1e6) as u64;
-    v["done"] = json!(true);
-    v["done_reason"] = json!(match reason {
+/// A piece of the answer: text, reasoning (`message.thinking` / `thinking`) or tool calls
+/// (chat only).
+fn line(kind: Kind, model: &str, text: String, thinking: Option<String>, calls: Option<Vec<oll::ToolCall>>) -> Line {
+    let created_at = params::rfc3339(SystemTime::now());
+    match kind {
+        Kind::Chat => Line::Chat(ChatResponse {
+            model: model.to_owned(),
+            created_at,
+            message: Message { role: "assistant".into(), content: text, thinking, tool_calls: calls },
+            done: false,
+            done_reason: None,
+            stats: None,
+        }),
+        Kind::Generate => Line::Generate(GenerateResponse {
+            model: model.to_owned(),
+            created_at,
+            response: text,
+            thinking,
+            done: false,
+            done_reason: None,
+            stats: None,
+        }),
+    }
+}
+
+fn done_reason(reason: FinishReason) -> &'static str {
+    match reason {
         FinishReason::Length => "length",
         _ => "stop",
-    });
-    v["total_duration"] = json!(started.elapsed().as_nanos() as u64);
-    v["load_duration"] = json!(load.as_nanos() as u64);
-    v["prompt_eval_count"] = json!(perf.prompt_tokens);
-    v["prompt_eval_duration"] = json!(ns(perf.prefill_ms));
-    v["eval_count"] = json!(perf.generated_tokens);
-    v["eval_duration"] = json!(ns(perf.generate_ms));
-    v
+    }
 }
 
-fn ollama_calls(calls: &[tools::ToolCall]) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"function": {"index": i, "name": c.name, "arguments": c.arguments}}))
-            .collect(),
-    )
+/// Durations in nanoseconds, from the engine's perf record.
+fn stats(perf: &Perf, load: std::time::Duration, started: std::time::Instant) -> Stats {
+    let ns = |ms: f64| (ms * 1e6) as u64;
+    Stats {
+        total_duration: started.elapsed().as_nanos() as u64,
+        load_duration: load.as_nanos() as u64,
+        prompt_eval_count: perf.prompt_tokens,
+        prompt_eval_duration: ns(perf.prefill_ms),
+        eval_count: perf.generated_tokens,
+        eval_duration: ns(perf.generate_ms),
+    }
+}
+
+fn ollama_calls(calls: &[tools::ToolCall]) -> Vec<oll::ToolCall> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| oll::ToolCall {
+            function: ToolFunction { index: i, name: c.name.clone(), arguments: c.arguments.clone() },
+        })
+        .collect()
 }
 
 /// `name:latest` unless the name already carries a tag.
@@ -292,15 +305,15 @@ pub fn tag(name: &str) -> String {
     if name.contains(':') { name.to_owned() } else { format!("{name}:latest") }
 }
 
-fn details(e: &ModelEntry) -> Value {
-    json!({
-        "parent_model": "",
-        "format": e.format.as_str(),
-        "family": e.family.clone().unwrap_or_default(),
-        "families": e.family.as_ref().map(|f| vec![f.clone()]),
-        "parameter_size": e.parameter_size.clone().unwrap_or_default(),
-        "quantization_level": e.quantization.clone().unwrap_or_default(),
-    })
+fn details(e: &ModelEntry) -> Details {
+    Details {
+        parent_model: String::new(),
+        format: e.format.as_str().into(),
+        family: e.family.clone().unwrap_or_default(),
+        families: e.family.as_ref().map(|f| vec![f.clone()]),
+        parameter_size: e.parameter_size.clone().unwrap_or_default(),
+        quantization_level: e.quantization.clone().unwrap_or_default(),
+    }
 }
 
 fn digest(e: &ModelEntry) -> String {
@@ -308,24 +321,28 @@ fn digest(e: &ModelEntry) -> String {
 }
 
 #[utoipa::path(get, path = "/api/tags", tag = "ollama", responses((status = 200, description = "Local models")))]
-pub async fn tags(State(st): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = st
+pub async fn tags(State(st): State<AppState>) -> Json<Tags> {
+    let models = st
         .serve
         .sched()
         .registry()
         .list()
         .iter()
-        .map(|e| {
-            json!({"name": tag(&e.name), "model": tag(&e.name), "modified_at": params::rfc3339(e.modified),
-                   "size": e.size, "digest": digest(e), "details": details(e)})
+        .map(|e| TagModel {
+            name: tag(&e.name),
+            model: tag(&e.name),
+            modified_at: params::rfc3339(e.modified),
+            size: e.size,
+            digest: digest(e),
+            details: details(e),
         })
         .collect();
-    Json(json!({"models": models}))
+    Json(Tags { models })
 }
 
 #[utoipa::path(get, path = "/api/ps", tag = "ollama", responses((status = 200, description = "Loaded models")))]
-pub async fn ps(State(st): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = st
+pub async fn ps(State(st): State<AppState>) -> Json<Ps> {
+    let models = st
         .serve
         .sched()
         .residents()
@@ -336,12 +353,19 @@ pub async fn ps(State(st): State<AppState>) -> Json<Value> {
             let expires = r
                 .expires_at()
                 .unwrap_or_else(|| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799));
-            json!({"name": tag(&e.name), "model": tag(&e.name), "size": r.memory(), "digest": digest(e),
-                   "details": details(e), "expires_at": params::rfc3339(expires), "size_vram": 0,
-                   "context_length": r.instance.facts().n_ctx})
+            PsModel {
+                name: tag(&e.name),
+                model: tag(&e.name),
+                size: r.memory(),
+                digest: digest(e),
+                details: details(e),
+                expires_at: params::rfc3339(expires),
+                size_vram: 0,
+                context_length: r.instance.facts().n_ctx,
+            }
         })
         .collect();
-    Json(json!({"models": models}))
+    Json(Ps { models })
 }
 
 #[utoipa::path(post, path = "/api/show", tag = "ollama", request_body = ShowRequest,
@@ -349,7 +373,7 @@ pub async fn ps(State(st): State<AppState>) -> Json<Value> {
 pub async fn show(
     State(st): State<AppState>,
     OllamaJson(req): OllamaJson<ShowRequest>,
-) -> Result<Json<Value>, OllamaError> {
+) -> Result<Json<Show>, OllamaError> {
     let e = st.serve.find(&req.model)?;
     let mut info = Map::new();
     let arch = e.meta.architecture.clone().unwrap_or_else(|| e.format.as_str().to_owned());
@@ -383,22 +407,22 @@ pub async fn show(
         None => e.meta.chat_template.clone().unwrap_or_default(),
     };
     let caps = e.capabilities.names();
-    Ok(Json(json!({
-        "modelfile": format!("# Modelfile generated by rockchip-llama\nFROM {}\n", e.path.display()),
-        "parameters": parameters,
-        "template": template,
-        "system": e.settings.system.clone().unwrap_or_default(),
-        "license": e.license.clone().unwrap_or_default(),
-        "details": details(&e),
-        "model_info": Value::Object(info),
-        "capabilities": caps,
-        "modified_at": params::rfc3339(e.modified),
-    })))
+    Ok(Json(Show {
+        modelfile: format!("# Modelfile generated by rockchip-llama\nFROM {}\n", e.path.display()),
+        parameters,
+        template,
+        system: e.settings.system.clone().unwrap_or_default(),
+        license: e.license.clone().unwrap_or_default(),
+        details: details(&e),
+        model_info: info,
+        capabilities: caps.into_iter().map(str::to_owned).collect(),
+        modified_at: params::rfc3339(e.modified),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/version", tag = "ollama", responses((status = 200, description = "Agent version")))]
-pub async fn version() -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+pub async fn version() -> Json<oll::Version> {
+    Json(oll::Version { version: env!("CARGO_PKG_VERSION").into() })
 }
 
 #[utoipa::path(delete, path = "/api/delete", tag = "ollama", request_body = DeleteRequest,
@@ -420,32 +444,40 @@ pub async fn pull(
     OllamaJson(req): OllamaJson<PullRequest>,
 ) -> Result<Response, OllamaError> {
     let stream = req.stream.unwrap_or(true);
-    let progress = st.library.pull(&req.model, req.url.as_deref(), req.sha256.as_deref())?.map(progress_json);
+    let progress = st.library.pull(&req.model, req.url.as_deref(), req.sha256.as_deref())?;
     if stream {
-        let body = Body::from_stream(progress.map(|v| Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n"))));
-        let mut resp = Response::new(body);
+        let rid = request_id::current();
+        let lines = progress.map(move |ev| {
+            let v = match ev {
+                Ok(ev) => serde_json::to_value(progress_line(ev)).unwrap_or_default(),
+                Err(e) => ApiError::from(e).stream_body(ErrorShape::Ollama, rid.as_ref()),
+            };
+            Ok::<_, Infallible>(Bytes::from(v.to_string() + "\n"))
+        });
+        let mut resp = Response::new(Body::from_stream(lines));
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         return Ok(resp);
     }
-    let last =
-        progress.collect::<Vec<Value>>().await.pop().unwrap_or_else(|| json!({"error": "pull produced no result"}));
-    if let Some(err) = last.get("error").and_then(Value::as_str) {
-        return Err(ApiError::Internal(err.to_owned()).into());
+    match progress.collect::<Vec<_>>().await.pop() {
+        Some(Ok(last)) => Ok(Json(progress_line(last)).into_response()),
+        Some(Err(e)) => Err(ApiError::from(e).into()),
+        None => Err(ApiError::Internal("pull produced no result".into()).into()),
     }
-    Ok(Json(last).into_response())
 }
 
 /// Ollama's NDJSON progress object for a library event.
-fn progress_json(ev: Result<PullEvent, crate::store::StoreError>) -> Value {
+fn progress_line(ev: PullEvent) -> Progress {
+    let status = |s: &str| Progress { status: s.to_owned(), digest: None, total: None, completed: None };
     match ev {
-        Ok(PullEvent::Resolving) => json!({"status": "pulling manifest"}),
-        Ok(PullEvent::Downloading { sha256, total, completed }) => json!({
-            "status": format!("pulling {}", &sha256[..sha256.len().min(12)]),
-            "digest": format!("sha256:{sha256}"), "total": total, "completed": completed,
-        }),
-        Ok(PullEvent::Verifying) => json!({"status": "verifying sha256 digest"}),
-        Ok(PullEvent::Writing) => json!({"status": "writing manifest"}),
-        Ok(PullEvent::Success) => json!({"status": "success"}),
-        Err(e) => json!({"error": e.to_string()}),
+        PullEvent::Resolving => status("pulling manifest"),
+        PullEvent::Downloading { sha256, total, completed } => Progress {
+            status: format!("pulling {}", &sha256[..sha256.len().min(12)]),
+            digest: Some(format!("sha256:{sha256}")),
+            total: Some(total),
+            completed: Some(completed),
+        },
+        PullEvent::Verifying => status("verifying sha256 digest"),
+        PullEvent::Writing => status("writing manifest"),
+        PullEvent::Success => status("success"),
     }
 }

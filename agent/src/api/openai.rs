@@ -4,11 +4,16 @@
 //! (`stream_options.include_usage`), then `data: [DONE]` exactly once. Errors after the stream
 //! started are sent as an OpenAI error object in a `data:` line, which clients parse.
 
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 
 use api_types::{
     ApiError, ErrorShape, OpenAiError, OpenAiJson,
-    openai::{ChatCompletionRequest, CompletionRequest, ModelAction, OaiSampling},
+    openai::{
+        self as oai, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessage,
+        ChunkChoice, Completion, CompletionChoice, CompletionRequest, FunctionCall, LoadResult, LoadedList,
+        LoadedModel, Model, ModelAction, ModelList, ModelMeta, OaiSampling, PromptTokensDetails, Timings, UnloadResult,
+        Usage,
+    },
     request_id,
 };
 use axum::{
@@ -20,7 +25,7 @@ use axum::{
     },
 };
 use futures::Stream;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{AppState, params};
 use crate::{
@@ -156,29 +161,24 @@ pub async fn chat_completions(
     }
     let model = run.model_name().to_owned();
     let done = run.collect().await?;
-    let calls = done.tool_calls;
-    let mut message = json!({"role": "assistant", "content": done.text});
-    if !done.reasoning.is_empty() {
-        message["reasoning_content"] = json!(done.reasoning);
-    }
-    let finish = if calls.is_empty() {
-        finish_reason(done.reason)
-    } else {
-        message["tool_calls"] = tool_calls_json(&calls, &id, false);
-        if message["content"] == "" {
-            message["content"] = Value::Null;
-        }
-        "tool_calls"
+    let calls = tool_calls(&done.tool_calls, &id, false);
+    let finish = if calls.is_empty() { finish_reason(done.reason) } else { "tool_calls" };
+    let message = ChatMessage {
+        role: "assistant".into(),
+        // OpenAI sends null content next to tool calls when there is no text.
+        content: (calls.is_empty() || !done.text.is_empty()).then_some(done.text),
+        reasoning_content: (!done.reasoning.is_empty()).then_some(done.reasoning),
+        tool_calls: (!calls.is_empty()).then_some(calls),
     };
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": params::unix_now(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
-        "usage": usage(&done.perf),
-        "timings": timings(&done.perf),
-    }))
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created: params::unix_now(),
+        model,
+        choices: vec![ChatChoice { index: 0, message, finish_reason: finish.into(), logprobs: None }],
+        usage: usage(&done.perf),
+        timings: Some(timings(&done.perf)),
+    })
     .into_response())
 }
 
@@ -187,30 +187,41 @@ fn chat_stream(mut run: Running, id: String, include_usage: bool) -> impl Stream
     async_stream::stream! {
         let created = params::unix_now();
         let model = run.model_name().to_owned();
-        let chunk = |delta: Value, finish: Option<&str>| json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        });
-        yield Ok(data(&chunk(json!({"role": "assistant", "content": ""}), None)));
+        let chunk = |delta: ChatDelta, finish: Option<&str>| ChatCompletionChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.clone(),
+            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_owned), logprobs: None }],
+            usage: None,
+            timings: None,
+        };
+        let delta = |f: fn(&mut ChatDelta, String), text: String| {
+            let mut d = ChatDelta::default();
+            f(&mut d, text);
+            d
+        };
+        let first = ChatDelta { role: Some("assistant".into()), content: Some(String::new()), ..ChatDelta::default() };
+        yield Ok(data(&chunk(first, None)));
         let mut called = false;
         while let Some(out) = run.next().await {
             match out {
-                Output::Reasoning(text) => yield Ok(data(&chunk(json!({"reasoning_content": text}), None))),
-                Output::Text(text) => yield Ok(data(&chunk(json!({"content": text}), None))),
+                Output::Reasoning(text) => yield Ok(data(&chunk(delta(|d, t| d.reasoning_content = Some(t), text), None))),
+                Output::Text(text) => yield Ok(data(&chunk(delta(|d, t| d.content = Some(t), text), None))),
                 Output::ToolCalls(calls) => {
                     called = true;
-                    yield Ok(data(&chunk(json!({"tool_calls": tool_calls_json(&calls, &id, true)}), None)));
+                    let d = ChatDelta { tool_calls: Some(tool_calls(&calls, &id, true)), ..ChatDelta::default() };
+                    yield Ok(data(&chunk(d, None)));
                 }
                 Output::Done { reason, perf } => {
                     let finish = if called { "tool_calls" } else { finish_reason(reason) };
-                    let mut last = chunk(json!({}), Some(finish));
-                    last["timings"] = timings(&perf);
+                    let mut last = chunk(ChatDelta::default(), Some(finish));
+                    last.timings = Some(timings(&perf));
                     yield Ok(data(&last));
                     if include_usage {
-                        yield Ok(data(&json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                            "choices": [], "usage": usage(&perf),
-                        })));
+                        let mut u = chunk(ChatDelta::default(), None);
+                        (u.choices, u.usage) = (Vec::new(), Some(usage(&perf)));
+                        yield Ok(data(&u));
                     }
                     break;
                 }
@@ -264,12 +275,17 @@ pub async fn completions(
     let model = run.model_name().to_owned();
     let done = run.collect().await?;
     let text = echo.unwrap_or_default() + &done.text;
-    Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": params::unix_now(), "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(done.reason), "logprobs": null}],
-        "usage": usage(&done.perf),
-        "timings": timings(&done.perf),
-    }))
+    let choice =
+        CompletionChoice { index: 0, text, finish_reason: Some(finish_reason(done.reason).into()), logprobs: None };
+    Ok(Json(Completion {
+        id,
+        object: "text_completion".into(),
+        created: params::unix_now(),
+        model,
+        choices: vec![choice],
+        usage: Some(usage(&done.perf)),
+        timings: Some(timings(&done.perf)),
+    })
     .into_response())
 }
 
@@ -283,10 +299,20 @@ fn completion_stream(
     async_stream::stream! {
         let created = params::unix_now();
         let model = run.model_name().to_owned();
-        let chunk = |text: &str, finish: Option<&str>| json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}],
-        });
+        let chunk = |text: &str, finish: Option<&str>| Completion {
+            id: id.clone(),
+            object: "text_completion".into(),
+            created,
+            model: model.clone(),
+            choices: vec![CompletionChoice {
+                index: 0,
+                text: text.to_owned(),
+                finish_reason: finish.map(str::to_owned),
+                logprobs: None,
+            }],
+            usage: None,
+            timings: None,
+        };
         if let Some(p) = &echo {
             yield Ok(data(&chunk(p, None)));
         }
@@ -296,11 +322,12 @@ fn completion_stream(
                 Output::ToolCalls(_) => {}
                 Output::Done { reason, perf } => {
                     let mut last = chunk("", Some(finish_reason(reason)));
-                    last["timings"] = timings(&perf);
+                    last.timings = Some(timings(&perf));
                     yield Ok(data(&last));
                     if include_usage {
-                        yield Ok(data(&json!({"id": id, "object": "text_completion", "created": created,
-                            "model": model, "choices": [], "usage": usage(&perf)})));
+                        let mut u = chunk("", None);
+                        (u.choices, u.usage) = (Vec::new(), Some(usage(&perf)));
+                        yield Ok(data(&u));
                     }
                     break;
                 }
@@ -318,8 +345,9 @@ fn sse(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
-fn data(v: &Value) -> SseEvent {
-    SseEvent::default().data(v.to_string())
+/// One SSE event carrying `v` as JSON (a chunk, or an error body).
+fn data(v: &impl serde::Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -329,75 +357,75 @@ fn finish_reason(r: FinishReason) -> &'static str {
     }
 }
 
-fn tool_calls_json(calls: &[ToolCall], id: &str, with_index: bool) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = json!({
-                    "id": format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)),
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments.to_string()},
-                });
-                if with_index {
-                    v["index"] = json!(i);
-                }
-                v
-            })
-            .collect(),
-    )
+/// Calls as OpenAI sends them: ids derived from the response id, arguments as JSON text,
+/// `index` in streamed deltas.
+fn tool_calls(calls: &[ToolCall], id: &str, with_index: bool) -> Vec<oai::ToolCall> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| oai::ToolCall {
+            index: with_index.then_some(i),
+            id: format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)),
+            kind: "function".into(),
+            function: FunctionCall { name: c.name.clone(), arguments: c.arguments.to_string() },
+        })
+        .collect()
 }
 
 /// OpenAI `usage`, from the engine's counts.
-pub fn usage(p: &Perf) -> Value {
-    json!({
-        "prompt_tokens": p.prompt_tokens,
-        "completion_tokens": p.generated_tokens,
-        "total_tokens": p.prompt_tokens + p.generated_tokens,
-        "prompt_tokens_details": {"cached_tokens": p.cached_tokens},
-    })
+pub fn usage(p: &Perf) -> Usage {
+    Usage {
+        prompt_tokens: p.prompt_tokens,
+        completion_tokens: p.generated_tokens,
+        total_tokens: p.prompt_tokens + p.generated_tokens,
+        prompt_tokens_details: PromptTokensDetails { cached_tokens: p.cached_tokens },
+    }
 }
 
 /// llama.cpp server's `timings` block.
-pub fn timings(p: &Perf) -> Value {
+pub fn timings(p: &Perf) -> Timings {
     let per_tok = |ms: f64, n: u32| if n == 0 { 0.0 } else { ms / f64::from(n) };
     let per_sec = |ms: f64, n: u32| if ms <= 0.0 { 0.0 } else { 1e3 * f64::from(n) / ms };
-    json!({
-        "cache_n": p.cached_tokens,
-        "prompt_n": p.prompt_eval_tokens,
-        "prompt_ms": p.prefill_ms,
-        "prompt_per_token_ms": per_tok(p.prefill_ms, p.prompt_eval_tokens),
-        "prompt_per_second": per_sec(p.prefill_ms, p.prompt_eval_tokens),
-        "predicted_n": p.generated_tokens,
-        "predicted_ms": p.generate_ms,
-        "predicted_per_token_ms": per_tok(p.generate_ms, p.generated_tokens),
-        "predicted_per_second": per_sec(p.generate_ms, p.generated_tokens.saturating_sub(1)),
-    })
+    Timings {
+        cache_n: p.cached_tokens,
+        prompt_n: p.prompt_eval_tokens,
+        prompt_ms: p.prefill_ms,
+        prompt_per_token_ms: per_tok(p.prefill_ms, p.prompt_eval_tokens),
+        prompt_per_second: per_sec(p.prefill_ms, p.prompt_eval_tokens),
+        predicted_n: p.generated_tokens,
+        predicted_ms: p.generate_ms,
+        predicted_per_token_ms: per_tok(p.generate_ms, p.generated_tokens),
+        predicted_per_second: per_sec(p.generate_ms, p.generated_tokens.saturating_sub(1)),
+    }
 }
 
-fn model_object(e: &ModelEntry) -> Value {
+fn model_object(e: &ModelEntry) -> Model {
     let created = e.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    json!({
-        "id": e.name,
-        "object": "model",
-        "created": created,
-        "owned_by": "rockchip-llama",
-        "meta": {"file": e.file_name, "format": e.format.as_str(), "context_length": e.context,
-                 "size": e.size, "aliases": e.aliases},
-    })
+    Model {
+        id: e.name.clone(),
+        object: "model".into(),
+        created,
+        owned_by: "rockchip-llama".into(),
+        meta: ModelMeta {
+            file: e.file_name.clone(),
+            format: e.format.as_str().into(),
+            context_length: e.context,
+            size: e.size,
+            aliases: e.aliases.clone(),
+        },
+    }
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "Models on this agent")))]
-pub async fn list_models(State(st): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = st.serve.sched().registry().list().iter().map(|e| model_object(e)).collect();
-    Json(json!({"object": "list", "data": data}))
+pub async fn list_models(State(st): State<AppState>) -> Json<ModelList> {
+    let data = st.serve.sched().registry().list().iter().map(|e| model_object(e)).collect();
+    Json(ModelList { object: "list".into(), data })
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
     params(("model" = String, Path, description = "Model name, alias or file name")),
     responses((status = 200, description = "The model"), (status = 404, description = "Unknown model")))]
-pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, OpenAiError> {
+pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) -> Result<Json<Model>, OpenAiError> {
     let e = st.serve.find(&model)?;
     Ok(Json(model_object(&e)))
 }
@@ -407,11 +435,15 @@ pub async fn get_model(State(st): State<AppState>, Path(model): Path<String>) ->
 pub async fn load_model(
     State(st): State<AppState>,
     OpenAiJson(req): OpenAiJson<ModelAction>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<Json<LoadResult>, OpenAiError> {
     let entry = st.serve.find(&req.model)?;
     let ka = params::keep_alive(req.keep_alive.as_ref())?;
     let r = st.serve.load(&entry, ka).await?;
-    Ok(Json(json!({"model": entry.name, "loaded": true, "load_duration_ms": r.load_duration.as_secs_f64() * 1e3})))
+    Ok(Json(LoadResult {
+        model: entry.name.clone(),
+        loaded: true,
+        load_duration_ms: r.load_duration.as_secs_f64() * 1e3,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/models/unload", tag = "residency", request_body = ModelAction,
@@ -419,25 +451,25 @@ pub async fn load_model(
 pub async fn unload_model(
     State(st): State<AppState>,
     OpenAiJson(req): OpenAiJson<ModelAction>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<Json<UnloadResult>, OpenAiError> {
     let entry = st.serve.find(&req.model)?;
     let was = st.serve.unload(&entry.name);
-    Ok(Json(json!({"model": entry.name, "was_loaded": was})))
+    Ok(Json(UnloadResult { model: entry.name.clone(), was_loaded: was }))
 }
 
 #[utoipa::path(get, path = "/v1/models/loaded", tag = "residency", responses((status = 200, description = "Resident models")))]
-pub async fn loaded_models(State(st): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = st.serve.sched().residents().iter().map(resident_json).collect();
-    Json(json!({"object": "list", "data": data}))
+pub async fn loaded_models(State(st): State<AppState>) -> Json<LoadedList> {
+    let data = st.serve.sched().residents().iter().map(|r| resident(r)).collect();
+    Json(LoadedList { object: "list".into(), data })
 }
 
-fn resident_json(r: &Arc<crate::sched::Resident>) -> Value {
-    json!({
-        "id": r.entry.name,
-        "engine": r.engine,
-        "context_length": r.instance.facts().n_ctx,
-        "size": r.memory(),
-        "in_use": r.in_use(),
-        "expires_at": r.expires_at().map(params::rfc3339),
-    })
+fn resident(r: &crate::sched::Resident) -> LoadedModel {
+    LoadedModel {
+        id: r.entry.name.clone(),
+        engine: r.engine.into(),
+        context_length: r.instance.facts().n_ctx,
+        size: r.memory(),
+        in_use: r.in_use(),
+        expires_at: r.expires_at().map(params::rfc3339),
+    }
 }
