@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::engine::TemplateParts;
 use crate::{engine::SamplingParams, keepalive::KeepAlive};
 
 /// A chat template replacing the model's own.
@@ -22,18 +23,6 @@ pub enum TemplateOverride {
     /// `prefix` before and `postfix` after each user message. On a GGUF model the agent renders
     /// the same shape itself (assistant turns end with the model's end-of-sequence token).
     Parts(TemplateParts),
-}
-
-/// The three parts of an RKLLM-style template.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateParts {
-    #[serde(default)]
-    pub system: String,
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub postfix: String,
 }
 
 /// Settings of one model, merged from its sources.

@@ -28,6 +28,7 @@ pub mod stop;
 
 use std::{path::PathBuf, sync::Arc};
 
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
 pub use sampling::SamplingParams;
@@ -160,6 +161,19 @@ pub struct ModelFacts {
     pub thinking: bool,
 }
 
+/// The three parts of an RKLLM-style chat template (`rkllm_set_chat_template`): `system` once
+/// before the conversation, `prefix` before and `postfix` after each user message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateParts {
+    #[serde(default)]
+    pub system: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub postfix: String,
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -177,7 +191,7 @@ pub struct LoadSpec {
     pub sampling: SamplingParams,
     /// RKLLM-style template parts replacing the model's (`rkllm_set_chat_template`); GGUF
     /// models get theirs rendered by the serve layer instead.
-    pub chat_template: Option<crate::settings::TemplateParts>,
+    pub chat_template: Option<TemplateParts>,
     /// NPU cores the `.rkllm` file must have been converted for; a mismatch fails the load.
     pub npu_cores: Option<u32>,
     /// Keep word embeddings in the model file (RKLLM); `None` = the engine's default.

@@ -46,7 +46,7 @@ pub struct Config {
     /// starts from an empty cache (the runtime's own in-memory prefix reuse still applies).
     pub reuse: bool,
     /// Template parts from the model's settings, replacing the family's (and the file's).
-    pub template: Option<crate::settings::TemplateParts>,
+    pub template: Option<crate::engine::TemplateParts>,
     pub facts: ModelFacts,
 }
 
