@@ -78,7 +78,7 @@ impl ModelSettings {
                 sampling.top_k = k;
             }
         }
-        sampling.validate().map_err(|e| bad("sampling", e))?;
+        sampling.validate().map_err(|e| bad("sampling", e.to_string()))?;
         let keep_alive = KeepAlive::parse(&rt.keep_alive).map_err(|e| bad("runtime.keepAlive", e.to_string()))?;
         let chat_template = m.chat_template.as_ref().map(|t| {
             TemplateOverride::Parts(TemplateParts {

@@ -49,6 +49,15 @@ pub const PARTS: &str = concat!(
     "{%- endfor -%}",
 );
 
+/// A template that does not compile, or a conversation it cannot render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("invalid chat template: {0}")]
+    Compile(String),
+    #[error("chat template failed: {0}")]
+    Render(String),
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -109,7 +118,7 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str) -> Result<Self, String> {
+    pub fn new(source: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         // transformers renders with trim_blocks and lstrip_blocks.
         env.set_trim_blocks(true);
@@ -117,12 +126,12 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned("chat", source.to_owned()).map_err(|e| format!("invalid chat template: {e}"))?;
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| TemplateError::Compile(e.to_string()))?;
         Ok(Self { env, parts: None, handles_tools: source.contains("tools") })
     }
 
     /// A template from RKLLM-style parts (see [`PARTS`]).
-    pub fn from_parts(system: &str, prefix: &str, postfix: &str) -> Result<Self, String> {
+    pub fn from_parts(system: &str, prefix: &str, postfix: &str) -> Result<Self, TemplateError> {
         let mut t = Self::new(PARTS)?;
         t.parts = Some((system.to_owned(), prefix.to_owned(), postfix.to_owned()));
         Ok(t)
@@ -136,8 +145,8 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         bos: &str,
         eos: &str,
-    ) -> Result<String, String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
+    ) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
         let tools = tools.filter(|_| self.handles_tools).map(JValue::from_serialize);
         let (ps, pp, pq) = self.parts.clone().unwrap_or_default();
         tmpl.render(context! {
@@ -150,7 +159,7 @@ impl ChatTemplate {
             parts_prefix => pp,
             parts_postfix => pq,
         })
-        .map_err(|e| format!("chat template failed: {e}"))
+        .map_err(|e| TemplateError::Render(e.to_string()))
     }
 }
 
@@ -208,7 +217,7 @@ mod tests {
                 .unwrap();
         assert_eq!(t.render(&[json!({"role": "user", "content": " x "})], None, false, "", "").unwrap(), "x");
         let err = t.render(&[json!({"content": "a"}), json!({"content": "b"})], None, false, "", "").unwrap_err();
-        assert!(err.contains("no"), "{err}");
+        assert!(err.to_string().contains("no"), "{err}");
         assert!(ChatTemplate::new("{% if %}").is_err());
     }
 

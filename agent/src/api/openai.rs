@@ -56,22 +56,7 @@ fn apply_sampling(s: &OaiSampling, p: &mut GenParams) -> Result<(), ApiError> {
         return Err(ApiError::bad("stop", "at most 16 stop strings are supported"));
     }
     p.ignore_eos = s.ignore_eos.unwrap_or(false);
-    q.validate().map_err(|m| ApiError::BadRequest { param: first_word_param(&m), message: m })
-}
-
-/// Sampling validation messages start with the parameter's name.
-fn first_word_param(msg: &str) -> Option<&'static str> {
-    const NAMES: [&str; 8] = [
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "repeat_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "repeat_last_n",
-    ];
-    NAMES.into_iter().find(|n| msg.starts_with(n))
+    q.validate().map_err(|e| ApiError::BadRequest { param: Some(e.param), message: e.to_string() })
 }
 
 /// `tool_choice` `"required"` or `{"type": "function", "function": {"name"}}` forces a call: the

@@ -31,7 +31,7 @@ use std::{path::PathBuf, sync::Arc};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingError, SamplingParams};
 
 /// Why a generation ended. Maps to OpenAI `finish_reason` and Ollama `done_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

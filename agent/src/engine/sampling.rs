@@ -37,13 +37,24 @@ impl Default for SamplingParams {
     }
 }
 
+/// A sampling value out of range; `param` is the request field's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param} {rule}")]
+pub struct SamplingError {
+    pub param: &'static str,
+    pub rule: &'static str,
+}
+
+fn bad(param: &'static str, rule: &'static str) -> Result<(), SamplingError> {
+    Err(SamplingError { param, rule })
+}
+
 impl SamplingParams {
     /// Checks ranges so that bad values become a 400 naming the parameter instead of reaching
     /// llama.cpp (which asserts on some of them).
-    pub fn validate(&self) -> Result<(), String> {
-        let finite = |name: &str, v: f32| {
-            if v.is_finite() { Ok(()) } else { Err(format!("{name} must be a finite number")) }
-        };
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let finite =
+            |name: &'static str, v: f32| if v.is_finite() { Ok(()) } else { bad(name, "must be a finite number") };
         finite("temperature", self.temperature)?;
         finite("top_p", self.top_p)?;
         finite("min_p", self.min_p)?;
@@ -51,28 +62,28 @@ impl SamplingParams {
         finite("presence_penalty", self.presence_penalty)?;
         finite("frequency_penalty", self.frequency_penalty)?;
         if !(0.0..=100.0).contains(&self.temperature) {
-            return Err("temperature must be between 0 and 100".into());
+            return bad("temperature", "must be between 0 and 100");
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return Err("top_p must be between 0 and 1".into());
+            return bad("top_p", "must be between 0 and 1");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err("min_p must be between 0 and 1".into());
+            return bad("min_p", "must be between 0 and 1");
         }
         if self.repeat_penalty <= 0.0 {
-            return Err("repeat_penalty must be greater than 0".into());
+            return bad("repeat_penalty", "must be greater than 0");
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err("presence_penalty must be between -2 and 2".into());
+            return bad("presence_penalty", "must be between -2 and 2");
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err("frequency_penalty must be between -2 and 2".into());
+            return bad("frequency_penalty", "must be between -2 and 2");
         }
         if self.top_k < 0 {
-            return Err("top_k must not be negative".into());
+            return bad("top_k", "must not be negative");
         }
         if self.repeat_last_n < -1 {
-            return Err("repeat_last_n must be -1 or more".into());
+            return bad("repeat_last_n", "must be -1 or more");
         }
         Ok(())
     }
@@ -86,8 +97,9 @@ mod tests {
     fn defaults_are_valid_and_bad_values_name_the_parameter() {
         assert!(SamplingParams::default().validate().is_ok());
         let bad = SamplingParams { top_p: 1.5, ..Default::default() };
-        assert!(bad.validate().unwrap_err().contains("top_p"));
+        assert_eq!(bad.validate().unwrap_err().param, "top_p");
+        assert_eq!(bad.validate().unwrap_err().to_string(), "top_p must be between 0 and 1");
         let bad = SamplingParams { temperature: f32::NAN, ..Default::default() };
-        assert!(bad.validate().unwrap_err().contains("temperature"));
+        assert_eq!(bad.validate().unwrap_err().param, "temperature");
     }
 }

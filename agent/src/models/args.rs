@@ -25,7 +25,7 @@ pub struct ModelArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("loading the catalog: {0}")]
-    Catalog(String),
+    Catalog(#[from] super::catalog::CatalogError),
     #[error("loading the config file: {0}")]
     Config(#[from] crate::config::ConfigError),
 }
@@ -38,7 +38,7 @@ fn default_models_dir() -> PathBuf {
 impl ModelArgs {
     /// The registry these flags describe, scanned once.
     pub fn open(&self) -> Result<Registry, OpenError> {
-        let catalog = Catalog::load(self.catalog.as_deref()).map_err(OpenError::Catalog)?;
+        let catalog = Catalog::load(self.catalog.as_deref())?;
         let config = match &self.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),

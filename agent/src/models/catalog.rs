@@ -58,17 +58,32 @@ impl CatalogFile {
     }
 }
 
+/// Why a catalog could not be used; names the file when there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
 impl Catalog {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        serde_saphyr::from_str(text).map_err(|e| CatalogError::Parse { path: "catalog".into(), message: e.to_string() })
     }
 
-    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+    pub fn load(path: Option<&Path>) -> Result<Self, CatalogError> {
         match path {
             None => Self::parse(EMBEDDED),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                Self::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+                let shown = p.display().to_string();
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| CatalogError::Read { path: shown.clone(), source })?;
+                serde_saphyr::from_str(&text).map_err(|e| CatalogError::Parse { path: shown, message: e.to_string() })
             }
         }
     }

@@ -170,7 +170,7 @@ impl Service {
         prompt: Prompt,
         mut params: GenParams,
     ) -> Result<Running, ServeError> {
-        params.sampling.validate().map_err(|m| ServeError::Invalid { param: None, message: m })?;
+        params.sampling.validate().map_err(|e| ServeError::Invalid { param: Some(e.param), message: e.to_string() })?;
         if params.think == Some(true) && !entry.capabilities.thinking {
             return Err(ServeError::invalid("think", format!("\"{}\" does not support thinking", entry.name)));
         }
@@ -295,7 +295,7 @@ fn render(
     let rendered = r
         .template
         .render(&messages, tools.as_ref(), true, &facts.bos, &facts.eos)
-        .map_err(|m| ServeError::Invalid { message: m, param: Some("messages") })?;
+        .map_err(|e| ServeError::Invalid { message: e.to_string(), param: Some("messages") })?;
     Ok((rendered, tool_names, None))
 }
 
