@@ -27,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -82,15 +83,18 @@ def main() -> int:
         (work / f"n_batch{n}.yaml").write_text(f"models: {{{MODEL}: {{n_batch: {n}}}}}\n")
 
     def pretty_argv(argv: list[str]) -> str:
-        """The command line with the run's models directory as DIR and the cache as ~."""
+        """The command line with the run's models directory as DIR, the cache as ~ and the port as
+        PORT (a free one per start, as in `make bench`)."""
         s = " ".join([Path(argv[0]).name] + argv[1:]).replace(str(work / "models"), "DIR")
+        s = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", s)
         return s.replace(str(CACHE), "~/.cache/rockchip-llama")
 
     def agent(label: str, n_batch: int = 1, extra: list[str] | None = None) -> NpuAgent:
-        argv = [args.agent, "serve", "--listen", "127.0.0.1:0", "--models-dir", str(work / "models"),
-                "--engine", "rkllm", "--rkllm-lib", args.lib, "--default-model", MODEL,
-                "--config", str(work / f"n_batch{n_batch}.yaml")] + (extra or [])
-        return NpuAgent(label, argv, sim_env, logdir, logdir / f"{label}.trace")
+        # `agent serve --listen 127.0.0.1:PORT` + these (NpuAgent, through the shared launcher)
+        serve_args = ["--models-dir", str(work / "models"),
+                      "--engine", "rkllm", "--rkllm-lib", args.lib, "--default-model", MODEL,
+                      "--config", str(work / f"n_batch{n_batch}.yaml")] + (extra or [])
+        return NpuAgent(label, args.agent, serve_args, sim_env, logdir, logdir / f"{label}.trace")
 
     results = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -212,9 +216,20 @@ def _embedded_version(lib: str) -> str:
     return data[i:i + 40].split(b"\0")[0].split(b",")[0].decode(errors="replace") if i >= 0 else ""
 
 
+def _exit_on(code: int):
+    """A signal handler that stops the agents and exits at once. Not sys.exit(): while the main
+    thread is inside the runtime library (test (a) drives it through ctypes), Python runs the
+    handler inside a ctypes callback, which prints and ignores the SystemExit, and the run went on."""
+    def handler(*_):
+        stop_all()
+        os._exit(code)
+    return handler
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    signal.signal(signal.SIGTERM, _exit_on(143))
+    signal.signal(signal.SIGHUP, _exit_on(129))
+    signal.signal(signal.SIGINT, _exit_on(130))
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 """`make bench-npu`: a small ctypes binding of the RKLLM runtime's 1.3.0 ABI, written from
-shared/reference/rkllm-abi.md §3 and independent of the agent's Rust bindings, so the bench can
+docs/rkllm-abi.md §7 and independent of the agent's Rust bindings, so the bench can
 drive the same `librkllmrt.so` directly and measure "the library's own rate".
 
 Only what the bench needs: createDefaultParam, init, run, clear_kv_cache, destroy. LP64 only
@@ -17,7 +17,7 @@ INPUT_PROMPT = 0
 INFER_GENERATE = 0
 
 
-# --- structs (rkllm-abi.md §3, 1.3.0, LP64) --------------------------------------------------
+# --- structs (docs/rkllm-abi.md §7, 1.3.0, LP64) --------------------------------------------------
 class RKLLMExtendParam(C.Structure):
     _fields_ = [
         ("base_domain_id", C.c_int32),

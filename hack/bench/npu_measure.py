@@ -1,12 +1,11 @@
-"""`make bench-npu` measurements against rkllm-sim: the agent process (started on a loopback port
-chosen by the kernel), prompt scouting, and the four tests (overhead vs the library driven
-directly, 8 concurrent clients, n_batch 4 vs 1, prompt cache on vs off)."""
+"""`make bench-npu` measurements against rkllm-sim: the agent process (started by the launcher
+shared with `make bench` and the test suites, hack/py/agentproc.py, through servers.AgentServer),
+prompt scouting, and the four tests (overhead vs the library driven directly, 8 concurrent clients,
+n_batch 4 vs 1, prompt cache on vs off)."""
 from __future__ import annotations
 
 import http.client
 import os
-import re
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,54 +13,26 @@ from pathlib import Path
 from common import fmt, log
 from measure import chat, med, pct, stream_body, summary
 from npu_ctypes import Rkllm
-from servers import FOREIGN_MAX, LIVE, CpuMeter, Server, tail, wait_quiet
+from servers import FOREIGN_MAX, AgentServer, CpuMeter, wait_quiet
 
 MODEL = "qwen3-0.6b-sim"
 
 # ----------------------------------------------------------------------------------------------
-# The agent on 127.0.0.1:0 (the port is read from its `addr=` log line, so no port race)
+# The agent on a free loopback port
 # ----------------------------------------------------------------------------------------------
 
-ADDR_RE = re.compile(rb"addr=127\.0\.0\.1:(\d+)")
 
+class NpuAgent(AgentServer):
+    """rockchip-llama-agent with the RKLLM engine over rkllm-sim, tracing the sim's runs to
+    `trace`; stopped by servers.stop_all()."""
 
-class NpuAgent(Server):
-    """rockchip-llama-agent with the RKLLM engine over rkllm-sim; stopped by servers.stop_all()."""
+    def __init__(self, label: str, binary: str, args: list[str], env: dict, logdir: Path, trace: Path):
+        super().__init__(label, binary, args, logdir, env={**env, "RKLLM_SIM_TRACE": str(trace)})
+        self.trace = trace
 
-    def __init__(self, label: str, argv: list[str], env: dict, logdir: Path, trace: Path):
-        self.label, self.kind, self.ready_path = label, "agent", "/readyz"
-        self.argv, self.env, self.trace = argv, env, trace
-        self.port: int | None = None
-        self.logpath = logdir / f"{label}.log"
-        self.proc: subprocess.Popen | None = None
-        self.load_s: float | None = None
-
-    def start(self, timeout: float = 60.0) -> NpuAgent:
-        log(f"start {self.label}")
+    def start(self, *a, **kw) -> NpuAgent:
         self.trace.unlink(missing_ok=True)
-        logf = open(self.logpath, "wb")  # noqa: SIM115 - the child writes to it until it exits
-        logf.write(("$ " + " ".join(self.argv) + "\n").encode())
-        logf.flush()
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **self.env, "RKLLM_SIM_TRACE": str(self.trace)},
-                                     start_new_session=True)
-        LIVE.append(self)
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; see {self.logpath}:\n"
-                                   + tail(self.logpath))
-            if self.port is None:
-                m = ADDR_RE.search(self.logpath.read_bytes())
-                if m:
-                    self.port = int(m.group(1))
-            if self.port is not None and _get(self.port, self.ready_path) == 200:
-                self.load_s = time.monotonic() - t0
-                log(f"  {self.label} ready on 127.0.0.1:{self.port} ({fmt(self.load_s, 2)} s)")
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.label} not ready after {timeout:.0f} s; see {self.logpath}:\n" + tail(self.logpath))
+        return super().start(*a, **kw)
 
     def trace_runs(self) -> list[dict]:
         """The sim's `run` trace lines as dicts (values kept as strings)."""

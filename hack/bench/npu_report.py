@@ -145,7 +145,7 @@ def markdown(results: dict) -> str:
         "",
         f"* **(a) Overhead.** The same `librkllmrt.so` is driven directly from Python by "
         "`hack/bench/npu_ctypes.py`, a small ctypes binding of the 1.3.0 ABI written from "
-        "`shared/reference/rkllm-abi.md` §3 (independent of the agent's Rust bindings; it asserts "
+        "`docs/rkllm-abi.md` §7 (independent of the agent's Rust bindings; it asserts "
         "`sizeof` RKLLMParam 184, RKLLMInput 160, RKLLMInferParam 40, RKLLMCallback 48, RKLLMResult 72 "
         "and a few offsets at import). Both sides make the same runtime calls for a new conversation: "
         "`rkllm_clear_kv_cache(keep_system_prompt=1)`, then `rkllm_run` with role `user`, thinking off, "

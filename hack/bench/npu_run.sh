@@ -10,8 +10,9 @@
 #
 # Steps: build rkllm-sim + its model files (what `make rkllm-sim` does), build the agent (release,
 # CARGO_TARGET_DIR defaults to ~/.cache/rockchip-llama/target), run npu_bench.py in the project
-# venv (hack/pyenv.sh). npu_bench.py starts every agent on 127.0.0.1:0 in its own process group
-# and stops it on exit (also on Ctrl-C / SIGTERM).
+# venv (hack/pyenv.sh). npu_bench.py starts every agent with the launcher the test suites use too
+# (hack/py/agentproc.py): a free loopback port, its own process group, a parent-death signal, a
+# generous readiness backstop (300 s); it stops them on exit (also on Ctrl-C / SIGTERM).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${ROCKCHIP_LLAMA_CACHE:-$HOME/.cache/rockchip-llama}"

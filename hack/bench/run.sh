@@ -8,8 +8,10 @@
 #
 # Steps: fetch + verify the two test models, build llama-server (cached under
 # ~/.cache/rockchip-llama/llama-server/), build the agent (release, CARGO_TARGET_DIR defaults to
-# ~/.cache/rockchip-llama/target), run bench.py. bench.py starts every server on a free loopback
-# port in its own process group and stops it on exit (also on Ctrl-C / SIGTERM).
+# ~/.cache/rockchip-llama/target), run bench.py. bench.py starts every server with the launcher
+# the test suites use too (hack/py/agentproc.py): a free loopback port, its own process group, a
+# parent-death signal, a generous readiness backstop (300 s); it stops them on exit (also on
+# Ctrl-C / SIGTERM).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py="${PYTHON:-python3}"

@@ -1,29 +1,69 @@
-"""`make bench` servers: starting/stopping llama-server and the agent on free loopback ports, and
-the CPU-contention monitor that tells quiet rounds from disturbed ones."""
+"""`make bench` servers: llama-server and the agent on free loopback ports, started and stopped by
+the launcher the Python test suites use too (hack/py/agentproc.py), and the CPU-contention monitor
+that tells quiet rounds from disturbed ones."""
 from __future__ import annotations
 
-import http.client
 import os
-import re
-import signal
-import socket
-import subprocess
+import sys
 import time
 from pathlib import Path
 
-from common import CACHE, MODELS, log
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "py"))  # the shared launcher
+
+from agentproc import RUNNING, Agent, ServerProc, link_model, safe_name, stop_all  # noqa: E402, F401
+
+from common import CACHE, MODELS, fmt, log  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Servers
 # ----------------------------------------------------------------------------------------------
 
-LIVE: list["Server"] = []
+# Every server between start() and stop() (the launcher's registry): CpuMeter counts their CPU
+# time as ours, stop_all() (the launcher's) stops them.
+LIVE = RUNNING
+
+# Startup waits are backstops, not bounds: a start loads one small model, and only a hung server
+# reaches this. Generous, so a start on a machine shared with a compiler does not fail the bench.
+START_TIMEOUT = 300.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class _Bench:
+    """What the bench adds to a launcher process: a label, a log file named after it under
+    `logdir` (one start per label and run), progress lines in the bench's log format."""
+
+    kind = ""
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def logpath(self) -> Path:
+        return self.log_path
+
+    def start(self, timeout: float = START_TIMEOUT):
+        log(f"start {self.label}")
+        super().start(timeout)
+        log(f"  {self.label} ready on 127.0.0.1:{self.port} ({fmt(self.load_s, 2)} s)")
+        return self
+
+
+class Server(_Bench, ServerProc):
+    """A server that is not the agent (llama-server): `argv_fn(port)` is its command line."""
+
+    def __init__(self, label: str, kind: str, argv_fn, ready_path: str, logdir: Path):
+        super().__init__(label, argv_fn, ready_path, logdir / f"{safe_name(label)}.log", say=log)
+        self.kind = kind
+
+
+class AgentServer(_Bench, Agent):
+    """rockchip-llama-agent: `agent serve --listen 127.0.0.1:PORT ARGS...`."""
+
+    kind = "agent"
+
+    def __init__(self, label: str, binary: str, args: list[str], logdir: Path,
+                 env: dict[str, str] | None = None):
+        super().__init__(binary, args, logdir / f"{safe_name(label)}.log", env=env, name=label, say=log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,83 +133,6 @@ def wait_quiet(max_s: float, why: str = "") -> dict:
             "foreign_cores": last and last["foreign_cores"]}
 
 
-class Server:
-    def __init__(self, label: str, kind: str, argv_fn, ready_path: str, logdir: Path):
-        self.label, self.kind, self.ready_path = label, kind, ready_path
-        self.port = free_port()
-        self.argv = argv_fn(self.port)
-        self.logpath = logdir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.log"
-        self.proc: subprocess.Popen | None = None
-        self.load_s: float | None = None
-
-    def start(self, timeout: float = 180.0) -> "Server":
-        log(f"start {self.label} on 127.0.0.1:{self.port}")
-        logf = open(self.logpath, "wb")  # one start per label and run
-        logf.write(("$ " + " ".join(self.argv) + "\n").encode())
-        logf.flush()
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        LIVE.append(self)
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; see {self.logpath}:\n"
-                                   + tail(self.logpath))
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", self.ready_path)
-                r = c.getresponse()
-                r.read()
-                c.close()
-                if r.status == 200:
-                    self.load_s = time.monotonic() - t0
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.label} not ready after {timeout:.0f} s; see {self.logpath}:\n" + tail(self.logpath))
-
-    def rss_peak_mb(self) -> float | None:
-        try:
-            for line in open(f"/proc/{self.proc.pid}/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except (OSError, AttributeError):
-            pass
-        return None
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is None or p.poll() is not None:
-            if self in LIVE:
-                LIVE.remove(self)
-            return
-        try:
-            os.killpg(p.pid, signal.SIGTERM)  # the process group we created (start_new_session)
-            p.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        if self in LIVE:
-            LIVE.remove(self)
-
-
-def tail(path: Path, n: int = 20) -> str:
-    try:
-        return "".join(open(path, errors="replace").readlines()[-n:])
-    except OSError:
-        return ""
-
-
-def stop_all() -> None:
-    for s in list(LIVE):
-        s.stop()
-
-
 def make_llama_server(args, model_key: str, model_path: str, label: str, logdir: Path,
                       parallel: int = 1) -> Server:
     m = MODELS[model_key]
@@ -182,15 +145,9 @@ def make_llama_server(args, model_key: str, model_path: str, label: str, logdir:
 
 
 def make_agent(args, model_key: str, model_path: str, label: str, logdir: Path,
-               extra: list[str] | None = None) -> Server:
+               extra: list[str] | None = None) -> AgentServer:
     m = MODELS[model_key]
     mdir = CACHE / "bench" / f"models-{model_key}"
-    mdir.mkdir(parents=True, exist_ok=True)
-    link = mdir / Path(model_path).name
-    if not link.exists():
-        link.symlink_to(model_path)
-
-    def argv(port):
-        return [args.agent, "serve", "--listen", f"127.0.0.1:{port}", "--models-dir", str(mdir),
-                "--default-model", m["name"], "--threads", str(args.threads)] + (extra or [])
-    return Server(label, "agent", argv, "/readyz", logdir)
+    link_model(Path(model_path), mdir)
+    return AgentServer(label, args.agent, ["--models-dir", str(mdir), "--default-model", m["name"],
+                                           "--threads", str(args.threads)] + (extra or []), logdir)

@@ -72,7 +72,7 @@ def test_chat(chat_reference, model, rkllm):
     assert_usage(r.usage, 32)
     if c.finish_reason == "length":
         assert r.usage.completion_tokens == 32
-    # SmolLM2 answers this one in well under 32 tokens (reference/cpu-engine.md §1); rkllm-sim
+    # SmolLM2 answers this one in well under 32 tokens (docs/bench/README.md shows its answer); rkllm-sim
     # answers with words, not arithmetic
     if not rkllm:
         assert "4" in c.message.content
