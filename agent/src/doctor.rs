@@ -56,6 +56,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<bool> {
                 Some(Arc::new(rt))
             }
             Err(e) => {
+                let e = e.to_string();
                 rt_checks.push(if npu_board { Check::fail("runtime", e) } else { Check::warn("runtime", e) });
                 None
             }

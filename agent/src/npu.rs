@@ -21,8 +21,8 @@ pub enum NpuError {
     #[error("no RKLLM runtime found (looked in {looked}); set --rkllm-lib")]
     NoLibrary { looked: String },
     /// The library did not open, or its version is not one the agent binds to.
-    #[error("{0}")]
-    Open(String),
+    #[error(transparent)]
+    Open(#[from] crate::engine::rkllm::rt::RuntimeError),
     #[error("--npu-domain-memory: {0}")]
     DomainMemory(#[from] SizeError),
     #[error("--npu-domain-memory: give a size such as 4GiB (auto is not defined for it)")]
@@ -74,7 +74,7 @@ pub fn lib_path(args: &NpuArgs) -> Result<PathBuf, NpuError> {
 /// Opens the runtime named by the flags.
 pub fn open_runtime(args: &NpuArgs) -> Result<Arc<Runtime>, NpuError> {
     let path = lib_path(args)?;
-    Runtime::open(&path, args.rkllm_abi).map(Arc::new).map_err(NpuError::Open)
+    Ok(Arc::new(Runtime::open(&path, args.rkllm_abi)?))
 }
 
 /// The RKLLM engine, with instances pinned to `cpus` (the board's big cores).

@@ -219,46 +219,67 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// Why the runtime library cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read the RKLLM runtime {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Abi(#[from] super::version::AbiError),
+    #[error("cannot load {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("{path} lacks {symbol}: {message}")]
+    Symbol { path: String, symbol: &'static str, message: String },
+}
+
 macro_rules! sym {
-    ($lib:expr, $name:literal) => {{
+    ($lib:expr, $path:expr, $name:literal) => {{
         // SAFETY: the type comes from the ABI module chosen for this library's version.
-        let s = unsafe { $lib.get(concat!($name, "\0").as_bytes()) }
-            .map_err(|e| format!("{} lacks {}: {e}", $name, stringify!($name)))?;
+        let s = unsafe { $lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| RuntimeError::Symbol {
+            path: $path.clone(),
+            symbol: $name,
+            message: e.to_string(),
+        })?;
         *s
     }};
 }
 
 impl Runtime {
     /// Reads the library's version, picks the binding, loads it and resolves every symbol.
-    pub fn open(path: &Path, choice: AbiChoice) -> Result<Self, String> {
+    pub fn open(path: &Path, choice: AbiChoice) -> Result<Self, RuntimeError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read the RKLLM runtime {shown}: {e}"))?;
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: shown.clone(), source })?;
         let found = version::embedded_version(&bytes);
         drop(bytes);
         let (abi, version) = version::choose(found, choice, &shown)?;
         // SAFETY: loading runs the library's initialisers; this is the vendor runtime (or the
         // simulator) the operator pointed the agent at.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {shown}: {e}"))?;
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| RuntimeError::Load { path: shown.clone(), message: e.to_string() })?;
         let init = match abi {
-            Abi::V1_2 => Init::V12(sym!(lib, "rkllm_createDefaultParam"), sym!(lib, "rkllm_init")),
-            Abi::V1_3 => Init::V13(sym!(lib, "rkllm_createDefaultParam"), sym!(lib, "rkllm_init")),
+            Abi::V1_2 => Init::V12(sym!(lib, shown, "rkllm_createDefaultParam"), sym!(lib, shown, "rkllm_init")),
+            Abi::V1_3 => Init::V13(sym!(lib, shown, "rkllm_createDefaultParam"), sym!(lib, shown, "rkllm_init")),
         };
         Ok(Self {
             path: path.to_owned(),
             abi,
             version,
             init,
-            destroy: sym!(lib, "rkllm_destroy"),
-            abort: sym!(lib, "rkllm_abort"),
-            is_running: sym!(lib, "rkllm_is_running"),
-            run: sym!(lib, "rkllm_run"),
-            load_lora: sym!(lib, "rkllm_load_lora"),
-            load_prompt_cache: sym!(lib, "rkllm_load_prompt_cache"),
-            release_prompt_cache: sym!(lib, "rkllm_release_prompt_cache"),
-            clear_kv_cache: sym!(lib, "rkllm_clear_kv_cache"),
-            get_kv_cache_size: sym!(lib, "rkllm_get_kv_cache_size"),
-            set_chat_template: sym!(lib, "rkllm_set_chat_template"),
-            set_function_tools: sym!(lib, "rkllm_set_function_tools"),
+            destroy: sym!(lib, shown, "rkllm_destroy"),
+            abort: sym!(lib, shown, "rkllm_abort"),
+            is_running: sym!(lib, shown, "rkllm_is_running"),
+            run: sym!(lib, shown, "rkllm_run"),
+            load_lora: sym!(lib, shown, "rkllm_load_lora"),
+            load_prompt_cache: sym!(lib, shown, "rkllm_load_prompt_cache"),
+            release_prompt_cache: sym!(lib, shown, "rkllm_release_prompt_cache"),
+            clear_kv_cache: sym!(lib, shown, "rkllm_clear_kv_cache"),
+            get_kv_cache_size: sym!(lib, shown, "rkllm_get_kv_cache_size"),
+            set_chat_template: sym!(lib, shown, "rkllm_set_chat_template"),
+            set_function_tools: sym!(lib, shown, "rkllm_set_function_tools"),
             _lib: lib,
         })
     }

@@ -99,28 +99,42 @@ fn parse_version(b: &[u8]) -> Option<Version> {
     Some(v)
 }
 
+/// Why no binding fits the library.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbiError {
+    #[error("{lib} is RKLLM runtime {version}; this agent supports 1.2.1–1.2.3 (ABI 1.2) and 1.3.0 (ABI 1.3)")]
+    Unsupported { lib: String, version: Version },
+    #[error(
+        "--rkllm-abi {asked} contradicts {lib}, which is RKLLM runtime {version} (ABI {found}); a wrong binding \
+         would crash: drop the override or point --rkllm-lib at a {asked} runtime"
+    )]
+    Contradicts { lib: String, version: Version, asked: Abi, found: Abi },
+    #[error(
+        "{lib} is RKLLM runtime {version}, which has no binding here (--rkllm-abi {asked} cannot change that); \
+         supported: 1.2.1–1.2.3 and 1.3.0"
+    )]
+    NoBinding { lib: String, version: Version, asked: Abi },
+    #[error(
+        "could not find the runtime version in {lib} (no \"rkllm-runtime version: X.Y.Z\" text); if you know \
+         it, pass --rkllm-abi 1.2 or 1.3"
+    )]
+    Unknown { lib: String },
+}
+
 /// Decides the ABI from what the library says and what the operator asked for.
-pub fn choose(found: Option<Version>, choice: AbiChoice, lib: &str) -> Result<(Abi, Option<Version>), String> {
+pub fn choose(found: Option<Version>, choice: AbiChoice, lib: &str) -> Result<(Abi, Option<Version>), AbiError> {
+    let lib = lib.to_owned();
     match (found, choice) {
-        (Some(v), AbiChoice::Auto) => Abi::for_version(v).map(|a| (a, Some(v))).ok_or_else(|| {
-            format!("{lib} is RKLLM runtime {v}; this agent supports 1.2.1–1.2.3 (ABI 1.2) and 1.3.0 (ABI 1.3)")
-        }),
+        (Some(v), AbiChoice::Auto) => {
+            Abi::for_version(v).map(|a| (a, Some(v))).ok_or(AbiError::Unsupported { lib, version: v })
+        }
         (Some(v), AbiChoice::Fixed(a)) => match Abi::for_version(v) {
             Some(b) if b == a => Ok((a, Some(v))),
-            Some(b) => Err(format!(
-                "--rkllm-abi {a} contradicts {lib}, which is RKLLM runtime {v} (ABI {b}); a wrong binding would crash: \
-                 drop the override or point --rkllm-lib at a {a} runtime"
-            )),
-            None => Err(format!(
-                "{lib} is RKLLM runtime {v}, which has no binding here (--rkllm-abi {a} cannot change that); \
-                 supported: 1.2.1–1.2.3 and 1.3.0"
-            )),
+            Some(b) => Err(AbiError::Contradicts { lib, version: v, asked: a, found: b }),
+            None => Err(AbiError::NoBinding { lib, version: v, asked: a }),
         },
         (None, AbiChoice::Fixed(a)) => Ok((a, None)),
-        (None, AbiChoice::Auto) => Err(format!(
-            "could not find the runtime version in {lib} (no \"rkllm-runtime version: X.Y.Z\" text); \
-             if you know it, pass --rkllm-abi 1.2 or 1.3"
-        )),
+        (None, AbiChoice::Auto) => Err(AbiError::Unknown { lib }),
     }
 }
 
@@ -141,13 +155,13 @@ mod tests {
         let v123 = Some(Version(1, 2, 3));
         assert_eq!(choose(v123, AbiChoice::Auto, "l").unwrap().0, Abi::V1_2);
         assert_eq!(choose(Some(Version(1, 3, 0)), AbiChoice::Auto, "l").unwrap().0, Abi::V1_3);
-        let e = choose(Some(Version(1, 1, 4)), AbiChoice::Auto, "l").unwrap_err();
+        let e = choose(Some(Version(1, 1, 4)), AbiChoice::Auto, "l").unwrap_err().to_string();
         assert!(e.contains("1.1.4"), "{e}");
-        let e = choose(Some(Version(1, 2, 0)), AbiChoice::Auto, "l").unwrap_err();
+        let e = choose(Some(Version(1, 2, 0)), AbiChoice::Auto, "l").unwrap_err().to_string();
         assert!(e.contains("1.2.0"), "{e}");
-        let e = choose(v123, AbiChoice::Fixed(Abi::V1_3), "l").unwrap_err();
+        let e = choose(v123, AbiChoice::Fixed(Abi::V1_3), "l").unwrap_err().to_string();
         assert!(e.contains("contradicts") && e.contains("1.2.3"), "{e}");
         assert_eq!(choose(None, AbiChoice::Fixed(Abi::V1_3), "l").unwrap(), (Abi::V1_3, None));
-        assert!(choose(None, AbiChoice::Auto, "l").unwrap_err().contains("--rkllm-abi"));
+        assert!(choose(None, AbiChoice::Auto, "l").unwrap_err().to_string().contains("--rkllm-abi"));
     }
 }
