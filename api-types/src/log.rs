@@ -53,6 +53,23 @@ impl LogArgs {
     }
 }
 
+/// Flags of `cmd` and its subcommands that read no environment variable. The chart and systemd
+/// units configure both binaries through the environment only, so each binary's tests assert
+/// this is empty.
+pub fn flags_without_env(cmd: &clap::Command) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id != "help" && id != "version" && !arg.is_positional() && arg.get_env().is_none() {
+            out.push(format!("{} --{id}", cmd.get_name()));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        out.extend(flags_without_env(sub));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -63,6 +80,20 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         log: LogArgs,
+    }
+
+    #[test]
+    fn flags_without_env_are_found() {
+        #[derive(Parser)]
+        struct Two {
+            #[arg(long, env = "X_A")]
+            a: Option<String>,
+            #[arg(long)]
+            b: Option<String>,
+        }
+        let found = flags_without_env(&<Two as clap::CommandFactory>::command());
+        assert_eq!(found.len(), 1);
+        assert!(found[0].ends_with("--b"), "{found:?}");
     }
 
     #[test]

@@ -88,17 +88,8 @@ mod tests {
 
     #[test]
     fn every_flag_reads_an_env_var() {
-        fn walk(cmd: &clap::Command) {
-            for arg in cmd.get_arguments() {
-                let id = arg.get_id().as_str();
-                if id == "help" || id == "version" || arg.is_positional() {
-                    continue;
-                }
-                assert!(arg.get_env().is_some(), "--{id} of {} has no env", cmd.get_name());
-            }
-            cmd.get_subcommands().for_each(walk);
-        }
-        walk(&Args::command());
+        let missing = api_types::log::flags_without_env(&Args::command());
+        assert!(missing.is_empty(), "flags without an env var: {missing:?}");
     }
 
     #[test]
