@@ -286,7 +286,7 @@ async fn unconstrained_json_is_checked_and_retried_once() {
 
 #[tokio::test]
 async fn a_full_queue_is_refused_and_a_client_that_leaves_frees_its_slot() {
-    let mut engine = MockEngine::replying(&["a"; 200]);
+    let mut engine = MockEngine::replying(&["a"; 2000]);
     engine.per_token = Duration::from_millis(20);
     let counters = Arc::clone(&engine.counters);
     let h = harness_with(engine, |c| c.max_queue = 0);
