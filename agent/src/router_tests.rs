@@ -386,3 +386,17 @@ async fn dropped_in_files_get_a_cached_digest() {
     assert!(h.dir.join("dropped-model.rkllm.sha256").exists());
     assert_eq!(h.agent.library.fill_digests(), 0, "hashed once: the next scan reads the sidecar");
 }
+
+/// Models can be added and removed at run time (cluster mode assigns them this way); a rescan
+/// keeps them.
+#[tokio::test]
+async fn run_time_entries_survive_rescans_and_can_be_removed() {
+    let h = harness(MockEngine::default());
+    let e = ModelEntry::unscanned("assigned", h.dir.join("blobs/sha256-x"), Format::Gguf, 1, &Config::default());
+    h.agent.registry.insert(e);
+    h.agent.library.rescan();
+    assert!(h.agent.registry.lookup("assigned").is_some());
+    assert!(h.agent.registry.remove("assigned"));
+    assert!(h.agent.registry.lookup("assigned").is_none());
+    assert!(!h.agent.registry.remove("assigned"), "already gone");
+}

@@ -12,12 +12,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
-use tokio::{
-    fs,
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::Mutex,
-};
+use tokio::{fs, io::AsyncWriteExt, sync::Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -174,19 +169,13 @@ async fn download(
     Ok(())
 }
 
-/// Hex sha256 of a file, read in 1 MiB chunks.
+/// Hex sha256 of a file, hashed on a blocking thread (`models::digest::compute`).
 pub async fn sha256_file(path: &Path) -> Result<String, StoreError> {
-    let mut f = fs::File::open(path).await.map_err(io("open", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).await.map_err(io("read", path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::models::digest::compute(&owned))
+        .await
+        .map_err(|e| StoreError::Io { op: "hash", path: path.display().to_string(), source: std::io::Error::other(e) })?
+        .map_err(io("read", path))
 }
 
 /// Deletes a model file, refusing paths outside the models directory.
