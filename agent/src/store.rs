@@ -169,10 +169,28 @@ async fn download(
     Ok(())
 }
 
-/// Hex sha256 of a file, hashed on a blocking thread (`models::digest::compute`).
+/// The sha256 of a file, read in 1 MiB chunks (blocking; `models::digest` caches it).
+pub fn sha256_blocking(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Hex sha256 of a file, hashed on a blocking thread.
 pub async fn sha256_file(path: &Path) -> Result<String, StoreError> {
     let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::models::digest::compute(&owned))
+    tokio::task::spawn_blocking(move || sha256_blocking(&owned))
         .await
         .map_err(|e| StoreError::Io { op: "hash", path: path.display().to_string(), source: std::io::Error::other(e) })?
         .map_err(io("read", path))

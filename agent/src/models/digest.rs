@@ -3,12 +3,7 @@
 //! too. A sidecar older than its file is stale and ignored; a models directory that cannot be
 //! written (a read-only shared library) just means digests are recomputed after a restart.
 
-use std::{
-    io::Read,
-    path::{Path, PathBuf},
-};
-
-use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
 fn sidecar(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -46,20 +41,7 @@ pub fn forget(path: &Path) {
     let _ = std::fs::remove_file(sidecar(path));
 }
 
-/// The sha256 of a file, read in 1 MiB chunks (blocking).
-pub fn compute(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
+pub use crate::store::sha256_blocking as compute;
 
 #[cfg(test)]
 mod tests {
