@@ -106,6 +106,12 @@ pub struct BoardModel {
     /// Prompt prefixes prefilled once per load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prompt_caches: Vec<PromptCache>,
+    /// Digest of everything above that needs a reload when it changes (source, format, runtime,
+    /// sampling, template, thinking, prompt caches), set by the controller. The agent reports the
+    /// revision it has loaded in status, which is how the controller rolls a change out one
+    /// board at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// What the agent should do with an assigned model.
@@ -246,6 +252,12 @@ pub struct BoardModelStatus {
     /// True while the model is in memory and serving.
     #[serde(default)]
     pub loaded: bool,
+    /// Bytes of the file in the store so far (the whole size once Cached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// spec.models[].revision of the entry the agent is serving (or fetching) now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Human-readable detail, e.g. why the phase is Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -25,6 +25,9 @@ use crate::common::{ChatTemplate, ModelFormat, ModelPhase, ModelSource, PromptCa
     shortname = "md",
     category = "rockchip-llama",
     status = "ModelDeploymentStatus",
+    // `kubectl scale md <name> --replicas=N` writes spec.replicas; status.replicas is what the
+    // controller has assigned.
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
     derive = "PartialEq",
     doc = "A model served by the cluster: its file, engine, replica count, runtime parameters \
            and routing. Each replica is the model loaded on one board.",
