@@ -4,12 +4,15 @@
 use std::{
     fs,
     io::{self, Write},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context;
 use api_types::log::LogArgs;
 use clap::{Parser, Subcommand};
+
+use crate::controller;
 
 /// Kubernetes operator for RockchipLlama.
 #[derive(Debug, Parser)]
@@ -30,6 +33,38 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (ModelDeployment, Board) as YAML, or write one file
     /// per CRD into a directory.
     Crd(CrdArgs),
+    /// Run the controller: place ModelDeployments on Boards (leader-elected, so several
+    /// replicas may run). Reaches the API server in-cluster, or through KUBECONFIG.
+    Run(RunArgs),
+}
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Namespace of the boards' Leases and of the leader Lease `rockchip-llama-operator`
+    /// (the chart sets it from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rockchip-llama")]
+    pub namespace: String,
+
+    /// Name of this replica in the leader Lease (a random suffix is added so a restarted pod
+    /// counts as a new holder). Default: the hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Boards each board uploads a model file to; 1 makes a pipelined chain, so the origin and
+    /// every board send the file once.
+    #[arg(long, env = "ROCKCHIP_LLAMA_FAN_OUT", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub fan_out: u16,
+
+    /// ModelDeployments reconciled at the same time.
+    #[arg(long, env = "ROCKCHIP_LLAMA_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "ROCKCHIP_LLAMA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Arguments of `crd`.
@@ -47,6 +82,7 @@ impl Args {
         log.init()?;
         match command {
             Command::Crd(args) => args.run(),
+            Command::Run(args) => args.run(),
         }
     }
 }
@@ -62,6 +98,44 @@ impl CrdArgs {
             }
         }
     }
+}
+
+impl RunArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let Self { namespace, identity, fan_out, concurrency, metrics_listen } = self;
+        let mut config = controller::Config::new(namespace, controller::leader::identity(identity.as_deref()));
+        config.fan_out = usize::from(fan_out);
+        config.concurrency = concurrency;
+        config.metrics_listen = metrics_listen;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+        runtime.block_on(async move {
+            let client = kube::Client::try_default()
+                .await
+                .context("no Kubernetes API: not in a cluster and no usable KUBECONFIG")?;
+            controller::run(client, config, shutdown_signal()).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// Writes one file per CRD into `dir`, creating it if needed.
