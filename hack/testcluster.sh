@@ -3,8 +3,23 @@
 # kube-controller-manager, no Docker, no kubelet.
 #
 #   hack/testcluster.sh up       start (or reuse) the cluster; prints KUBECONFIG=<path> on stdout
+#   hack/testcluster.sh up --boards N
+#                                also: the CRDs, the operator (`rockchip-llama-operator run`), an
+#                                origin HTTP server holding the test models, and N simulated boards
+#                                (agents in cluster mode, each with its own copy of the fixture
+#                                sysfs tree, store and port; llama.cpp for .gguf, rkllm-sim for
+#                                .rkllm). Prints KUBECONFIG=, ORIGIN=<base URL>, ORIGIN_DIR=, and
+#                                one `BOARD <name> <endpoint> <pid>` line per board.
+#   hack/testcluster.sh board-stop NAME [KILL]   stop one board's agent (SIGTERM, or SIGKILL)
+#   hack/testcluster.sh board-start NAME         start it again with the same flags
 #   hack/testcluster.sh down     stop exactly the processes `up` started and remove the directory
 #   hack/testcluster.sh status   say whether it is up
+#
+# Boards: TESTCLUSTER_BOARD_SOCS lists each board's SoC in order (default rk3588 for all; e.g.
+# "rk3588 rk3588 rk3576"); TESTCLUSTER_LEASE is the boards' lease duration in seconds (default 8,
+# so lease expiry is quick to test; real boards use 40); TESTCLUSTER_STORE_BUDGET their
+# --store-budget (default unset). The operator and agent binaries come from $CARGO_TARGET_DIR
+# (built by `make cluster BOARDS=N`).
 #
 # TESTCLUSTER_APISERVER_ARGS adds kube-apiserver flags (e.g. --feature-gates=...).
 # TESTCLUSTER_DIR picks the directory that holds certificates, data, logs and PIDs (default
@@ -25,7 +40,11 @@ DIR="${TESTCLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/rockchip-llama-testcluster-$(id
 # kube-root-ca.crt ConfigMap, aggregated ClusterRoles (admin/edit/view), Deployments and
 # ReplicaSets (their Pods stay Pending: there is no scheduler or kubelet).
 CONTROLLERS="namespace-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,validatingadmissionpolicy-status-controller"
+# Namespace of the operator and of the boards' Leases.
+NS=rockchip-llama
+TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/rockchip-llama/target}/release"
 # Bounds for every wait, in seconds. Generous because CI has 2 shared cores.
+AGENT_TIMEOUT=120
 ETCD_TIMEOUT=60
 APISERVER_TIMEOUT=120
 KCM_TIMEOUT=90
@@ -140,9 +159,22 @@ is_up() {
 }
 
 up() {
+  local boards=0
+  while (($#)); do
+    case "$1" in
+      --boards)
+        boards="$2"
+        shift 2
+        ;;
+      *)
+        echo "unknown option $1" >&2
+        exit 2
+        ;;
+    esac
+  done
   if is_up; then
     log "already up in $DIR"
-    echo "KUBECONFIG=$DIR/kubeconfig"
+    cat "$DIR/out"
     return
   fi
   [[ -d "$DIR" ]] && down
@@ -220,9 +252,104 @@ ETCD_PORT=$etcd_port
 KCM_PORT=$kcm_port
 K8S_BIN=$bin
 EOF
+  echo "KUBECONFIG=$DIR/kubeconfig" >"$DIR/out"
+  if ((boards > 0)); then
+    boards_up "$boards" "$bin"
+  fi
   trap - ERR INT TERM
   log "up in $((SECONDS - start_s)) s: apiserver https://127.0.0.1:$api_port, logs in $DIR/logs"
-  echo "KUBECONFIG=$DIR/kubeconfig"
+  cat "$DIR/out"
+}
+
+# The operator, the origin and N boards on top of the control plane.
+boards_up() { # n k8s-bin-dir
+  local n="$1" kubectl="$2/kubectl"
+  export KUBECONFIG="$DIR/kubeconfig"
+  local b
+  for b in rockchip-llama-agent rockchip-llama-operator; do
+    if [[ ! -x "$TARGET/$b" ]]; then
+      log "$TARGET/$b missing: run 'make cluster BOARDS=N' (it builds it)"
+      return 1
+    fi
+  done
+  "$kubectl" apply -f "$ROOT/crds/yaml/" >/dev/null
+  "$kubectl" wait --for=condition=Established --timeout=60s \
+    crd/modeldeployments.rockchipllama.io crd/boards.rockchipllama.io >/dev/null
+  "$kubectl" create namespace "$NS" >/dev/null
+  head -c 32 /dev/urandom | base64 | tr -d '/+=' >"$DIR/cluster-token"
+
+  log "origin: the test models with their sha256"
+  mkdir -p "$DIR/origin"
+  local sim f
+  sim="$(make -s -C "$ROOT" rkllm-sim 2>/dev/null)"
+  for f in $("$ROOT/hack/fetch-models.sh" smollm2) $(grep '\.rkllm$' <<<"$sim"); do
+    ln -sf "$f" "$DIR/origin/$(basename "$f")"
+  done
+  (cd "$DIR/origin" && sha256sum -- * >SHA256SUMS)
+  local origin_port python origin_pid
+  origin_port="$(free_port)"
+  python="$(readlink -f "$(command -v python3)")"
+  origin_pid="$(start origin "$python" "$ROOT/hack/py/origin.py" --dir "$DIR/origin" \
+    --port "$origin_port" --log "$DIR/logs/origin-requests.jsonl")"
+  wait_http origin "$origin_pid" 30 "http://127.0.0.1:$origin_port/SHA256SUMS"
+  {
+    echo "ORIGIN=http://127.0.0.1:$origin_port"
+    echo "ORIGIN_DIR=$DIR/origin"
+  } >>"$DIR/out"
+
+  log "starting the operator"
+  start operator "$TARGET/rockchip-llama-operator" run --namespace "$NS" >/dev/null
+
+  local socs=()
+  read -r -a socs <<<"${TESTCLUSTER_BOARD_SOCS:-}"
+  local i name soc bd port
+  mkdir -p "$DIR/boards"
+  for ((i = 1; i <= n; i++)); do
+    name="board-$i"
+    soc="${socs[i - 1]:-rk3588}"
+    bd="$DIR/boards/$name"
+    mkdir -p "$bd/models"
+    cp -r "$ROOT/hack/fixtures/rk3588" "$bd/sysfs"
+    if [[ "$soc" != rk3588 ]]; then
+      printf 'rockchip,%s-evb\0rockchip,%s\0' "$soc" "$soc" >"$bd/sysfs/proc/device-tree/compatible"
+    fi
+    port="$(free_port)"
+    local args=(serve --listen "127.0.0.1:$port" --models-dir "$bd/models" --sysfs-root "$bd/sysfs"
+      --cluster --node-name "$name" --advertise-url "http://127.0.0.1:$port" --namespace "$NS"
+      --cluster-token-file "$DIR/cluster-token" --lease-duration "${TESTCLUSTER_LEASE:-8}"
+      --rkllm-lib "$(head -n1 <<<"$sim")" --threads 1 --shutdown-grace 5 --fetch-stall-timeout 3)
+    if [[ -n "${TESTCLUSTER_STORE_BUDGET:-}" ]]; then
+      args+=(--store-budget "$TESTCLUSTER_STORE_BUDGET")
+    fi
+    printf '%q ' "${args[@]}" >"$bd/args"
+    echo "$port" >"$bd/port"
+    board_start "$name"
+  done
+  for ((i = 1; i <= n; i++)); do
+    name="board-$i"
+    bd="$DIR/boards/$name"
+    wait_http "$name" "$(cat "$bd/pid")" "$AGENT_TIMEOUT" "http://127.0.0.1:$(cat "$bd/port")/readyz"
+    echo "BOARD $name http://127.0.0.1:$(cat "$bd/port") $(cat "$bd/pid")" >>"$DIR/out"
+  done
+}
+
+# Starts (again) one board's agent with the flags `up` chose; its log is appended to.
+board_start() { # name
+  local name="$1" bd="$DIR/boards/$1" args pid
+  eval "args=($(cat "$bd/args"))"
+  "$TARGET/rockchip-llama-agent" "${args[@]}" >>"$DIR/logs/$name.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid $TARGET/rockchip-llama-agent" >>"$DIR/pids"
+  echo "$pid" >"$bd/pid"
+}
+
+# Stops one board's agent: SIGTERM (a drain) and wait, or SIGKILL (a crash).
+board_stop() { # name [TERM|KILL]
+  local pid
+  pid="$(cat "$DIR/boards/$1/pid")"
+  kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
 }
 
 down() {
@@ -257,13 +384,22 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up)
+    shift
+    up "$@"
+    ;;
+  board-start)
+    board_start "$2"
+    wait_http "$2" "$(cat "$DIR/boards/$2/pid")" "$AGENT_TIMEOUT" \
+      "http://127.0.0.1:$(cat "$DIR/boards/$2/port")/readyz"
+    ;;
+  board-stop) board_stop "$2" "${3:-TERM}" ;;
   down) down ;;
   status)
     if is_up; then echo "up: KUBECONFIG=$DIR/kubeconfig"; else echo "down"; exit 1; fi
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up [--boards N] | down | status | board-start NAME | board-stop NAME [KILL]" >&2
     exit 2
     ;;
 esac

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::{
     api::{self, AppState, HttpMetrics},
+    cluster::{BoardWriter, ClusterConfig, ClusterError, ModelStates, Parts, Reconciler},
     engine::{Engine, llama::LlamaEngine},
     keepalive::KeepAlive,
     metrics::PREFIX,
@@ -40,6 +41,7 @@ use crate::{
     serve::{GenMetrics, ServeError, Service},
     size::Size,
     status::{RkllmRuntime, RuntimeState},
+    store::{BlobStore, StoreOptions},
 };
 
 /// Which engine serves which files.
@@ -70,6 +72,12 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     pub npu: NpuArgs,
     pub board: BoardArgs,
+    /// Model store limits and download behaviour.
+    pub store: StoreOptions,
+    /// Token peers present to read blobs (and this agent presents to them).
+    pub cluster_token: Option<String>,
+    /// Cluster mode, when on.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Why the agent could not start or stopped with an error.
@@ -103,6 +111,8 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A running agent: its parts and its background tasks.
@@ -118,6 +128,8 @@ pub struct Agent {
     tasks: JoinSet<()>,
     /// Task names by id, for the log when one ends.
     names: HashMap<tokio::task::Id, &'static str>,
+    /// Cluster mode's Board status writer (marks the board Draining on shutdown).
+    board: Option<Arc<BoardWriter>>,
 }
 
 impl Agent {
@@ -182,7 +194,8 @@ impl Agent {
         ));
         let board_metrics = Arc::new(BoardMetrics::register(&mut metrics));
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build()?;
-        let library = Arc::new(Library::new(Arc::clone(&registry), http, Arc::clone(&sched) as Arc<dyn Residency>));
+        let store = Arc::new(BlobStore::new(config.models.models_dir.clone(), http, config.store.clone()));
+        let library = Arc::new(Library::new(Arc::clone(&registry), store, Arc::clone(&sched) as Arc<dyn Residency>));
         {
             let node = Arc::clone(&node);
             sched.set_before_load(Box::new(move || node.pin()));
@@ -197,6 +210,7 @@ impl Agent {
             ready: Arc::new(AtomicBool::new(false)),
             node: Arc::clone(&node),
             runtime,
+            cluster_token: config.cluster_token.as_deref().and_then(ApiKeys::parse).map(Arc::new),
         };
         Ok(Self {
             config,
@@ -209,6 +223,7 @@ impl Agent {
             cancel: CancellationToken::new(),
             tasks: JoinSet::new(),
             names: HashMap::new(),
+            board: None,
         })
     }
 
@@ -249,6 +264,9 @@ impl Agent {
                 r = work => if let Err(e) = r { tracing::warn!(error = %e, "digest task failed") },
             }
         });
+        if let Some(cfg) = self.config.cluster.clone() {
+            self.start_cluster(cfg).await?;
+        }
         if let Some(name) = &self.config.default_model {
             let entry = self.registry.lookup(name).ok_or_else(|| AgentError::NoDefaultModel {
                 name: name.clone(),
@@ -259,6 +277,30 @@ impl Agent {
                 .await
                 .map_err(|source| AgentError::DefaultModel { name: name.clone(), source })?;
         }
+        Ok(())
+    }
+
+    /// Cluster mode: the Board (status writer and spec watch) and the Lease heartbeat.
+    async fn start_cluster(&mut self, cfg: ClusterConfig) -> Result<(), AgentError> {
+        let client = kube::Client::try_default().await.map_err(ClusterError::from)?;
+        tracing::info!(board = %cfg.node_name, namespace = %cfg.namespace, endpoint = %cfg.advertise_url, "cluster mode");
+        let parts = Parts {
+            registry: Arc::clone(&self.registry),
+            library: Arc::clone(&self.library),
+            sched: Arc::clone(&self.sched),
+            serve: Arc::clone(&self.serve),
+            node: Arc::clone(&self.node),
+            runtime: self.state.runtime.clone(),
+        };
+        let states = Arc::new(ModelStates::default());
+        let writer = BoardWriter::new(client.clone(), cfg.clone(), parts.clone(), Arc::clone(&states));
+        let reconciler = Reconciler::new(parts, states, cfg.store_budget);
+        let w = Arc::clone(&writer);
+        self.spawn("board status", move |cancel| w.run(cancel));
+        let (c, node) = (client.clone(), cfg.node_name.clone());
+        self.spawn("board spec watch", move |cancel| crate::cluster::watch_spec(c, node, reconciler, cancel));
+        self.spawn("lease heartbeat", move |cancel| crate::cluster::heartbeat(client, cfg, cancel));
+        self.board = Some(writer);
         Ok(())
     }
 
@@ -278,6 +320,9 @@ impl Agent {
             () = shutdown => {
                 tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
                 self.state.ready.store(false, Ordering::SeqCst);
+                if let Some(board) = &self.board {
+                    board.drain().await;
+                }
                 stop.cancel();
                 if tokio::time::timeout(grace, &mut server).await.is_err() {
                     tracing::warn!("grace period over; abandoning the remaining requests");

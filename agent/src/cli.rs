@@ -11,12 +11,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     app::{Agent, AgentConfig, EngineChoice},
+    cluster::ClusterArgs,
     doctor::DoctorArgs,
     keepalive::KeepAlive,
     models::ModelArgs,
     node::BoardArgs,
     npu::NpuArgs,
     size::Size,
+    store::{FetchOptions, StoreOptions},
 };
 
 #[derive(Debug, Parser)]
@@ -86,6 +88,33 @@ pub struct ServeArgs {
     pub npu: NpuArgs,
     #[command(flatten)]
     pub board: BoardArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// The model store's limits and peer blob serving.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Free disk kept on the store's filesystem: a download that would use it is refused before
+    /// it starts.
+    #[arg(long, env = "ROCKCHIP_LLAMA_STORE_RESERVE", default_value = "256MiB")]
+    pub store_reserve: String,
+    /// Model downloads at once.
+    #[arg(long, env = "ROCKCHIP_LLAMA_MAX_DOWNLOADS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub max_downloads: u32,
+    /// Blob uploads to peer boards at once; more are refused with 503 (the peer tries another source).
+    #[arg(long, env = "ROCKCHIP_LLAMA_MAX_UPLOADS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_uploads: u32,
+    /// Seconds a download source may send nothing before the download continues from the next
+    /// source at the same offset.
+    #[arg(long, env = "ROCKCHIP_LLAMA_FETCH_STALL_TIMEOUT", default_value_t = 10.0)]
+    pub fetch_stall_timeout: f64,
+    /// File holding the cluster token: peers must send it to read blobs from this agent, and it
+    /// is sent to peers. Without it no blob is served to peers.
+    #[arg(long, env = "ROCKCHIP_LLAMA_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -127,7 +156,33 @@ impl ServeArgs {
             shutdown_grace,
             npu,
             board,
+            store,
+            cluster,
         } = self;
+        let token = store
+            .cluster_token_file
+            .as_deref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--cluster-token-file {}", p.display()))
+                    .map(|t| t.trim().to_owned())
+            })
+            .transpose()?
+            .filter(|t| !t.is_empty());
+        if !(store.fetch_stall_timeout > 0.0 && store.fetch_stall_timeout.is_finite()) {
+            anyhow::bail!("--fetch-stall-timeout must be a positive number of seconds");
+        }
+        let store_opts = StoreOptions {
+            reserve: Size::parse(&store.store_reserve).context("--store-reserve")?.or_auto(|| 256 << 20),
+            max_downloads: store.max_downloads as usize,
+            max_uploads: store.max_uploads as usize,
+            fetch: FetchOptions {
+                stall: Duration::from_secs_f64(store.fetch_stall_timeout),
+                token: token.clone(),
+                ..FetchOptions::default()
+            },
+        };
+        let cluster = cluster.resolve(listen)?;
         Ok(AgentConfig {
             listen,
             models,
@@ -143,6 +198,9 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(shutdown_grace),
             npu,
             board,
+            store: store_opts,
+            cluster_token: token,
+            cluster,
         })
     }
 }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod engine;

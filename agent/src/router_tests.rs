@@ -66,6 +66,9 @@ fn harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Har
             tune_cpuidle: false,
             tune_idle_restore: "10m".into(),
         },
+        store: crate::store::StoreOptions::default(),
+        cluster_token: None,
+        cluster: None,
     };
     tweak(&mut config);
     let size = engine.size_bytes;

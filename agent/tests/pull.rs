@@ -15,7 +15,8 @@ use tokio::{
 const SHA: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Serves `data` at any path with HTTP/1.1 `Range: bytes=N-` support; records Range headers.
+/// Serves `data` at any path with HTTP/1.1 `Range: bytes=N-[M]` support; records the start of
+/// each range as `bytes=N-`.
 async fn file_server(data: Arc<Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -35,15 +36,16 @@ async fn file_server(data: Arc<Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) {
                     }
                 }
                 let head = String::from_utf8_lossy(&req).to_ascii_lowercase();
-                let start = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("range: bytes="))
-                    .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok());
-                if let Some(s) = start {
+                let range = head.lines().find_map(|l| l.strip_prefix("range: bytes=")).and_then(|r| {
+                    let (a, b) = r.trim().split_once('-')?;
+                    let end = b.parse::<usize>().map_or(data.len(), |e| (e + 1).min(data.len()));
+                    Some((a.parse::<usize>().ok()?, end))
+                });
+                if let Some((s, _)) = range {
                     seen.lock().unwrap().push(format!("bytes={s}-"));
                 }
-                let (status, body) = match start {
-                    Some(s) if s < data.len() => ("206 Partial Content", &data[s..]),
+                let (status, body) = match range {
+                    Some((s, e)) if s < e => ("206 Partial Content", &data[s..e]),
                     _ => ("200 OK", &data[..]),
                 };
                 let hdr = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
@@ -70,13 +72,14 @@ async fn pull_by_url_verifies_resumes_and_deletes() {
     // A wrong digest: error, nothing installed, no partial left behind.
     let lines = pull_lines(&a, &json!({"model": url, "sha256": "0".repeat(64)})).await;
     assert!(lines.last().unwrap()["error"].as_str().unwrap().contains("sha256 mismatch"), "{lines:?}");
-    assert!(!models.join(FILE).exists());
-    assert!(!models.join(".partial").join(format!("{}.part", "0".repeat(64))).exists());
+    let blobs = models.join("blobs");
+    assert!(!blobs.join(format!("sha256-{}", "0".repeat(64))).exists());
+    assert!(!blobs.join(format!("sha256-{}.partial", "0".repeat(64))).exists());
 
     // Resume: a partial download of the first 10 MB is continued with a Range request.
-    let partial = models.join(".partial");
-    std::fs::create_dir_all(&partial).unwrap();
-    std::fs::write(partial.join(format!("{SHA}.part")), &data[..10 << 20]).unwrap();
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("sha256-{SHA}.partial")), &data[..10 << 20]).unwrap();
+    ranges.lock().unwrap().clear();
     let lines = pull_lines(&a, &json!({"model": url, "sha256": SHA})).await;
     let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
     assert_eq!(statuses.first(), Some(&"pulling manifest"));
@@ -87,8 +90,15 @@ async fn pull_by_url_verifies_resumes_and_deletes() {
     assert_eq!(progress.last().unwrap()["completed"].as_u64().unwrap(), data.len() as u64);
     assert_eq!(progress[0]["total"].as_u64().unwrap(), data.len() as u64);
     assert_eq!(progress[0]["digest"], format!("sha256:{SHA}"));
-    assert_eq!(ranges.lock().unwrap().as_slice(), [format!("bytes={}-", 10 << 20)]);
-    assert_eq!(std::fs::read(models.join(FILE)).unwrap().len(), data.len());
+    // Fetched in pieces from where the partial ended; nothing from the start again.
+    let seen = ranges.lock().unwrap().clone();
+    assert_eq!(seen.first(), Some(&format!("bytes={}-", 10 << 20)), "{seen:?}");
+    assert!(!seen.contains(&"bytes=0-".to_owned()), "{seen:?}");
+    // Content-addressed: the blob under its digest, named in the index by the file name.
+    assert_eq!(std::fs::read(blobs.join(format!("sha256-{SHA}"))).unwrap().len(), data.len());
+    assert!(!blobs.join(format!("sha256-{SHA}.partial")).exists());
+    let index: Value = serde_json::from_slice(&std::fs::read(models.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["files"][FILE]["sha256"], SHA);
 
     // It is now a model, usable at once.
     let tags = a.get("/api/tags").await.1;
@@ -112,7 +122,7 @@ async fn pull_by_url_verifies_resumes_and_deletes() {
     let r =
         a.client.delete(a.url("/api/delete")).json(&json!({"model": "smollm2-135m-instruct"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(!models.join(FILE).exists());
+    assert!(!blobs.join(format!("sha256-{SHA}")).exists(), "no other name used the blob");
     assert_eq!(a.get("/api/tags").await.1["models"], json!([]));
     let r =
         a.client.delete(a.url("/api/delete")).json(&json!({"model": "smollm2-135m-instruct"})).send().await.unwrap();

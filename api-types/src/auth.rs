@@ -66,8 +66,12 @@ impl ApiKeys {
 
 /// Paths that never need a key: liveness, readiness and Ollama's `GET /` probe.
 pub fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/")
+    // Blob reads between boards carry the cluster token, not a client key: their handler checks it.
+    matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with(BLOB_PREFIX)
 }
+
+/// Route prefix of the agent's peer blob endpoint (`/internal/v1/blobs/sha256-<hex>`).
+pub const BLOB_PREFIX: &str = "/internal/v1/blobs/";
 
 /// Middleware (`from_fn_with_state(keys, require_key)`): `None` = no auth configured.
 pub async fn require_key(State(keys): State<Option<Arc<ApiKeys>>>, req: Request, next: Next) -> Response {

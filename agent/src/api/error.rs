@@ -59,6 +59,7 @@ impl From<StoreError> for ApiError {
             // The origin's answer or a digest mismatch: about the source the client named.
             StoreError::Http(_) | StoreError::Digest { .. } => Self::Upstream(e.to_string()),
             StoreError::Io { .. } => Self::Internal(e.to_string()),
+            StoreError::NoSpace { .. } => Self::Unavailable(e.to_string()),
         }
     }
 }

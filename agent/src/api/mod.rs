@@ -8,6 +8,7 @@
 //!  /healthz /readyz /metrics / ┘  (no auth for health and GET|HEAD /)
 //! ```
 
+pub mod blobs;
 pub mod embed;
 pub mod error;
 pub mod ollama;
@@ -97,6 +98,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// The RKLLM runtime opened at start, or why none.
     pub runtime: RuntimeState,
+    /// The cluster token peers present for blobs; `None`: blobs are not served.
+    pub cluster_token: Option<Arc<ApiKeys>>,
 }
 
 #[derive(OpenApi)]
@@ -175,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/internal/v1/status", get(ops::status))
+        .route("/internal/v1/blobs/{name}", get(blobs::blob).head(blobs::blob))
         .route("/openapi.json", get(ops::openapi))
         .route("/", get(ops::root).head(ops::root))
         .fallback(not_found)

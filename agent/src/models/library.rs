@@ -4,19 +4,20 @@
 //! before its file is deleted, without this module depending on the scheduler.
 //!
 //! ```text
-//!  pull(name | url + sha256) ─► plan (catalog or URL) ─► store::pull (resume, verify, rename)
-//!                                  ─► digest sidecar written ─► rescan ─► PullEvent::Success
-//!  delete(name) ─► Residency::unload ─► store::delete (file + sidecar) ─► rescan
-//!  fill_digests() ─► sha256 of files without a known digest, cached beside each file
+//!  pull(name | url + sha256) ─► plan (catalog or URL) ─► BlobStore::fetch (pieces, resume, verify)
+//!                                  ─► index.json: file name → blob ─► rescan ─► PullEvent::Success
+//!  delete(name) ─► Residency::unload ─► index entry (and blob, if no other name uses it)
+//!               or the dropped-in file (and its sidecar) ─► rescan
+//!  fill_digests() ─► sha256 of dropped-in files without a known digest, cached beside each file
 //! ```
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
 use super::{Catalog, ModelEntry, Registry, digest};
 pub use crate::store::PullEvent;
-use crate::store::{self, PullLocks, PullPlan, StoreError};
+use crate::store::{self, BlobStore, IndexEntry, Source, StoreError, index::now_secs, valid_sha};
 
 /// What the library needs of the scheduler: dropping a model from memory before its file goes.
 pub trait Residency: Send + Sync {
@@ -24,25 +25,38 @@ pub trait Residency: Send + Sync {
     fn unload(&self, name: &str) -> bool;
 }
 
-/// The model library over one registry.
+/// What to download and where to put it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPlan {
+    pub url: String,
+    pub sha256: String,
+    pub file_name: String,
+}
+
+/// The model library over one registry and its store.
 pub struct Library {
     registry: Arc<Registry>,
-    http: reqwest::Client,
-    locks: Arc<PullLocks>,
+    store: Arc<BlobStore>,
     residency: Arc<dyn Residency>,
 }
 
 impl Library {
-    pub fn new(registry: Arc<Registry>, http: reqwest::Client, residency: Arc<dyn Residency>) -> Self {
-        Self { registry, http, locks: Arc::default(), residency }
+    pub fn new(registry: Arc<Registry>, store: Arc<BlobStore>, residency: Arc<dyn Residency>) -> Self {
+        Self { registry, store, residency }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.store
+    }
+
     /// Starts a pull of a catalog name, or of a URL (in `model` or `url`) with its sha256. A
-    /// request that cannot be planned fails here, before any progress is sent.
+    /// request that cannot be planned fails here, before any progress is sent. The download runs
+    /// to completion in its own task even if the client leaves, so a later pull finds the most
+    /// bytes (or the finished blob).
     pub fn pull(
         &self,
         model: &str,
@@ -50,25 +64,44 @@ impl Library {
         sha256: Option<&str>,
     ) -> Result<impl Stream<Item = Result<PullEvent, StoreError>> + use<>, StoreError> {
         let plan = plan_pull(self.registry.catalog(), model, url, sha256)?;
-        let dir = self.registry.dir().to_path_buf();
-        let target = dir.join(&plan.file_name);
-        let sha = plan.sha256.clone();
+        let store = Arc::clone(&self.store);
         let registry = Arc::clone(&self.registry);
-        let progress = store::pull(self.http.clone(), dir, plan, Arc::clone(&self.locks));
-        Ok(progress.inspect(move |ev| {
-            if matches!(ev, Ok(PullEvent::Success)) {
-                // The file was verified against this digest: cache it so no scan hashes it again.
-                digest::remember(&target, &sha);
-                registry.rescan();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<PullEvent, StoreError>>();
+        tokio::spawn(async move {
+            let send = |e| {
+                let _ = tx.send(e);
+            };
+            send(Ok(PullEvent::Resolving));
+            let r = pull_into(&store, &registry, &plan, &|e| send(Ok(e))).await;
+            if let Err(e) = &r {
+                tracing::warn!(url = %plan.url, error = %e, "pull failed");
             }
-        }))
+            send(r.map(|()| PullEvent::Success));
+        });
+        Ok(async_stream::stream! {
+            while let Some(v) = rx.recv().await {
+                yield v;
+            }
+        })
     }
 
-    /// Unloads the model, deletes its file and cached digest, and rescans.
+    /// Unloads the model and deletes it: a pulled model's name (and its blob, unless another name
+    /// or a cluster assignment uses it), or a dropped-in file and its cached digest.
     pub fn delete(&self, entry: &ModelEntry) -> Result<(), StoreError> {
         self.residency.unload(&entry.name);
-        store::delete(self.registry.dir(), &entry.path)?;
-        digest::forget(&entry.path);
+        if entry.path.parent() == Some(self.store.blobs_dir().as_path()) {
+            let sha = entry.sha256.clone().unwrap_or_default();
+            let still_used = self.store.update_index(|idx| {
+                idx.files.retain(|_, e| e.file_name != entry.file_name);
+                idx.referenced(&sha)
+            })?;
+            if !still_used {
+                self.store.remove_blob(&sha)?;
+            }
+        } else {
+            store::delete(self.registry.dir(), &entry.path)?;
+            digest::forget(&entry.path);
+        }
         self.registry.rescan();
         Ok(())
     }
@@ -101,8 +134,43 @@ impl Library {
     }
 }
 
-fn valid_sha(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// Fetches the plan's blob from its origin and names it in the index.
+async fn pull_into(
+    store: &BlobStore,
+    registry: &Registry,
+    plan: &PullPlan,
+    send: &(dyn Fn(PullEvent) + Send + Sync),
+) -> Result<(), StoreError> {
+    // A dropped-in file of that name: the same bytes make the pull a no-op; other bytes are refused.
+    let dropped = registry.dir().join(&plan.file_name);
+    if dropped.is_file() {
+        if store::sha256_file(&dropped).await? == plan.sha256 {
+            send(PullEvent::Verifying);
+            return Ok(());
+        }
+        return Err(StoreError::Invalid(format!("{} exists with different content; delete it first", plan.file_name)));
+    }
+    let sha = plan.sha256.clone();
+    let last = std::sync::Mutex::new(0u64);
+    let progress = |p: store::FetchProgress| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if p.completed - *last >= 4 << 20 || p.completed == p.total || *last == 0 {
+            *last = p.completed.max(1);
+            send(PullEvent::Downloading { sha256: sha.clone(), total: p.total, completed: p.completed });
+        }
+    };
+    let path = store.fetch(&plan.sha256, None, &[Source::origin(&plan.url)], &progress).await?;
+    send(PullEvent::Verifying);
+    send(PullEvent::Writing);
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    store.update_index(|idx| {
+        idx.files.insert(
+            plan.file_name.clone(),
+            IndexEntry { sha256: plan.sha256.clone(), size, file_name: plan.file_name.clone(), last_used: now_secs() },
+        );
+    })?;
+    registry.rescan();
+    Ok(())
 }
 
 /// Keeps the characters model names use (`a-z0-9._:-`); anything else becomes `_`.

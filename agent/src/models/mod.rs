@@ -145,6 +145,21 @@ impl ModelEntry {
         }
     }
 
+    /// The same file served under a cluster assignment's names and settings (its
+    /// ModelDeployment's, not the config file's); capabilities follow the new settings.
+    pub fn assigned(mut self, name: &str, aliases: &[String], settings: ModelSettings) -> Self {
+        self.name = name.to_owned();
+        self.aliases = aliases.to_vec();
+        self.aliases.extend(settings.aliases.iter().cloned());
+        if let Some(c) = settings.context {
+            self.context = c;
+        }
+        self.capabilities =
+            Capabilities::of(self.format, &self.meta, &settings, self.family.as_deref(), &self.file_name);
+        self.settings = settings;
+        self
+    }
+
     /// Bytes this model needs resident: weights plus an f16 KV cache for `parallel` sequences.
     pub fn memory_estimate(&self, parallel: u32) -> u64 {
         self.size + self.meta.kv_bytes(self.context * parallel.max(1))
@@ -237,9 +252,16 @@ fn scan(dir: &Path, catalog: &Catalog, config: &Config) -> Vec<ModelEntry> {
         }
     };
     files.sort();
+    let mut named: Vec<(PathBuf, String)> =
+        files.into_iter().filter_map(|p| Some((p.clone(), p.file_name()?.to_string_lossy().into_owned()))).collect();
+    // Pulled models: blobs named in the store's index by the file name they were pulled as.
+    let blobs = dir.join("blobs");
+    for (file_name, e) in crate::store::Index::read(dir).files {
+        named.push((blobs.join(format!("sha256-{}", e.sha256)), file_name));
+    }
     let mut out: Vec<ModelEntry> = Vec::new();
-    for path in files {
-        let Some(mut e) = describe(&path, catalog, config) else { continue };
+    for (path, file_name) in named {
+        let Some(mut e) = describe(&path, &file_name, catalog, config) else { continue };
         if out.iter().any(|o| o.name == e.name) {
             // Two files with one friendly name (say, two quantisations): the second keeps its stem.
             e.name = e.file_name.rsplit_once('.').map_or(e.file_name.clone(), |(s, _)| s.to_ascii_lowercase());
@@ -249,11 +271,17 @@ fn scan(dir: &Path, catalog: &Catalog, config: &Config) -> Vec<ModelEntry> {
     out
 }
 
-/// Everything known about one file; `None` for unreadable files (logged).
-pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<ModelEntry> {
-    let format = Format::from_path(path)?;
+/// Everything known about one file, known as `file_name` (its own name, or for a blob the name
+/// it was pulled or assigned as); `None` for unreadable files (logged).
+pub fn describe(path: &Path, file_name: &str, catalog: &Catalog, config: &Config) -> Option<ModelEntry> {
+    let format = Format::from_path(Path::new(file_name))?;
     let md = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-    let file_name = path.file_name()?.to_string_lossy().into_owned();
+    let file_name = file_name.to_owned();
+    // A blob is named by its digest.
+    let blob_sha = path
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("sha256-").map(str::to_owned))
+        .filter(|s| crate::store::valid_sha(s));
     let parsed = names::parse_file_name(&file_name);
     let meta = match format {
         Format::Gguf => match GgufMeta::read(path) {
@@ -278,10 +306,11 @@ pub fn describe(path: &Path, catalog: &Catalog, config: &Config) -> Option<Model
         .unwrap_or_else(|| context_max.map_or(names::DEFAULT_CONTEXT, |m| m.min(names::DEFAULT_CONTEXT)));
     // Pinned by the catalog for this exact size, else cached beside the file (never computed
     // here: a scan must stay cheap; `Library::fill_digests` hashes in the background).
-    let sha256 = cat
-        .filter(|(_, f)| f.size == Some(md.len()))
-        .and_then(|(_, f)| f.known_sha256().map(str::to_owned))
-        .or_else(|| digest::cached(path));
+    let sha256 = blob_sha.or_else(|| {
+        cat.filter(|(_, f)| f.size == Some(md.len()))
+            .and_then(|(_, f)| f.known_sha256().map(str::to_owned))
+            .or_else(|| digest::cached(path))
+    });
     Some(ModelEntry {
         name,
         aliases,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The cluster tier of `make test`: a real kube-apiserver, the operator and three simulated boards
+# (hack/testcluster.sh up --boards 3; board-3 is an RK3576), then tests/cluster/run.py drives
+# ModelDeployments through their life and checks boards, stores and the origin's log. The cluster
+# is torn down on exit, failure included; its logs are printed on failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rockchip-llama/target}"
+log() { printf '[test-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+START=$SECONDS
+log "building the agent and the operator (release profile)"
+cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator
+BIN="$(hack/k8s/bins.sh)"
+export PATH="$BIN:$PATH"
+
+WORK="$(mktemp -d -t rockchip-llama-cluster.XXXXXX)"
+export TESTCLUSTER_DIR="$WORK/cluster"
+export KUBECACHEDIR="$WORK/kube-cache"
+export TESTCLUSTER_BOARD_SOCS="rk3588 rk3588 rk3576"
+# Unassigned blobs beyond 50 MB are evicted: the ~100 MB test GGUF goes once unassigned.
+export TESTCLUSTER_STORE_BUDGET=50MB
+cleanup() {
+  local rc=$?
+  if ((rc != 0)) && [[ -d "$TESTCLUSTER_DIR/logs" ]]; then
+    for f in "$TESTCLUSTER_DIR"/logs/{operator,board-1,board-2,board-3}.log; do
+      [[ -f "$f" ]] && { echo "--- last lines of $f"; tail -n 40 "$f"; }
+    done
+  fi
+  hack/testcluster.sh down || true
+  rm -rf "$WORK"
+  if ((rc == 0)); then log "passed in $((SECONDS - START)) s"; else log "FAILED (exit $rc)"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+hack/testcluster.sh up --boards 3 >"$WORK/up.out"
+cat "$WORK/up.out"
+export KUBECONFIG
+KUBECONFIG="$(sed -n 's/^KUBECONFIG=//p' "$WORK/up.out")"
+timeout 1200 python3 tests/cluster/run.py "$WORK/up.out"
