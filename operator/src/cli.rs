@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 0.0.0.0:8080.
     #[arg(long, env = "ROCKCHIP_LLAMA_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Reconcile only the ModelDeployments of this namespace; all namespaces when unset.
+    #[arg(long, env = "ROCKCHIP_LLAMA_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
 }
 
 /// Arguments of `crd`.
@@ -102,11 +106,12 @@ impl CrdArgs {
 
 impl RunArgs {
     fn run(self) -> anyhow::Result<()> {
-        let Self { namespace, identity, fan_out, concurrency, metrics_listen } = self;
+        let Self { namespace, identity, fan_out, concurrency, metrics_listen, watch_namespace } = self;
         let mut config = controller::Config::new(namespace, controller::leader::identity(identity.as_deref()));
         config.fan_out = usize::from(fan_out);
         config.concurrency = concurrency;
         config.metrics_listen = metrics_listen;
+        config.watch_namespace = watch_namespace;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
         runtime.block_on(async move {
             let client = kube::Client::try_default()

@@ -32,10 +32,6 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 
-    /// A watch stream ended (its store can no longer be trusted).
-    #[error("the {0} watch stopped")]
-    WatchEnded(&'static str),
-
     /// The metrics listener could not be opened.
     #[error("metrics listener on {addr}: {source}")]
     Listen {
@@ -55,7 +51,6 @@ impl Error {
             Self::Json(_) => "json",
             Self::Kube { .. } => "kube",
             Self::Finalizer(_) => "finalizer",
-            Self::WatchEnded(_) => "watch_ended",
             Self::Listen { .. } => "listen",
         }
     }

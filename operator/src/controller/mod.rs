@@ -84,6 +84,9 @@ pub struct Config {
     pub concurrency: u16,
     /// Where to serve /metrics; none when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Reconcile only the ModelDeployments of this namespace (all namespaces when unset), e.g.
+    /// for a test next to other deployments, or one controller per team.
+    pub watch_namespace: Option<String>,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             resync: DEFAULT_RESYNC,
             concurrency: 8,
             metrics_listen: None,
+            watch_namespace: None,
         }
     }
 }
@@ -224,19 +228,52 @@ async fn lead(client: &Client, config: &Config, metrics: Arc<Metrics>, term: Can
         })
     };
 
-    let controller = Controller::new(Api::<ModelDeployment>::all(client.clone()), watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
-        .reconcile_on(board_triggers)
-        .reconcile_on(lease_triggers)
-        .graceful_shutdown_on(term.clone().cancelled_owned())
-        .run(reconcile::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller");
+    let mds: Api<ModelDeployment> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let in_scope = {
+        let scope = config.watch_namespace.clone();
+        move |r: &ObjectRef<ModelDeployment>| scope.is_none() || r.namespace == scope
+    };
+    // The reflectors run in their own tasks and hand their triggers over a channel: the stores
+    // must fill before any reconcile reads them, and a store's readiness may be awaited by one
+    // task only (kube-runtime's DelayedInit wakes a single waiter), which is this one.
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<ModelDeployment>>();
+    let drive = |triggers: stream::BoxStream<'static, ObjectRef<ModelDeployment>>| {
+        let (tx, in_scope) = (trigger_tx.clone(), in_scope.clone());
+        tokio::spawn(triggers.for_each(move |r| {
+            if in_scope(&r) {
+                // Fails only once the controller is gone, when triggers no longer matter.
+                let _ = tx.unbounded_send(r);
             }
-        });
-    tracing::info!("leading: reconciling ModelDeployments");
-    tokio::join!(controller, sweep_leases(ctx, term));
+            std::future::ready(())
+        }))
+    };
+    let drivers = [drive(board_triggers.boxed()), drive(lease_triggers.boxed())];
+    drop(trigger_tx);
+    let ready = async { boards.wait_until_ready().await.is_ok() && leases.wait_until_ready().await.is_ok() };
+    let ready = tokio::select! {
+        () = term.cancelled() => false,
+        ready = ready => ready,
+    };
+    if ready {
+        let controller = Controller::new(mds, watcher::Config::default())
+            .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+            .reconcile_on(trigger_rx)
+            .graceful_shutdown_on(term.clone().cancelled_owned())
+            .run(reconcile::reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller");
+                }
+            });
+        tracing::info!(boards = boards.len(), "leading: reconciling ModelDeployments");
+        tokio::join!(controller, sweep_leases(ctx, term));
+    }
+    for driver in drivers {
+        driver.abort();
+    }
 }
 
 /// ModelDeployments with an entry (or a reported model) on `board`, plus the ones short of
@@ -293,9 +330,6 @@ async fn sweep_leases(ctx: Arc<Context>, term: CancellationToken) {
         tokio::select! {
             () = term.cancelled() => return,
             _ = tick.tick() => {}
-        }
-        if ctx.boards.wait_until_ready().await.is_err() || ctx.leases.wait_until_ready().await.is_err() {
-            return;
         }
         let now = Timestamp::now();
         let leases = lease_times(&ctx.leases);

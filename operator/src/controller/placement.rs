@@ -207,7 +207,7 @@ impl fmt::Display for Shortfall {
         if self.rejected.is_empty() {
             return f.write_str("no other Board exists (each agent creates its Board when it starts)");
         }
-        f.write_str("no other board")?;
+        f.write_str(if self.placed > 0 { "no other board" } else { "no board" })?;
         match self.socs.as_slice() {
             [] => {}
             [one] => write!(f, " with SoC {one}")?,
@@ -267,6 +267,7 @@ pub fn choose(req: &Request<'_>, boards: &[BoardFacts<'_>], kept: &[&str], occup
         *per_value.entry(spread_value(board)).or_default() += 1;
         chosen.push(board.name.to_owned());
     }
+    rejected.sort_by(|a, b| a.0.cmp(&b.0));
     let placed = kept.len() + chosen.len();
     let wanted = kept.len() + count;
     let shortfall = (placed < wanted).then(|| Shortfall {
@@ -474,7 +475,7 @@ mod tests {
         assert_eq!(
             choice.shortfall.map(|s| s.to_string()).as_deref(),
             Some(
-                "placed 0 of 1 replicas: no other board with SoC rk3588 has 1.2 GiB free: board-2 has 0.8 GiB \
+                "placed 0 of 1 replicas: no board with SoC rk3588 has 1.2 GiB free: board-2 has 0.8 GiB \
                  free; board-3 cordoned; board-4 SoC rk3566"
             )
         );
@@ -493,7 +494,7 @@ mod tests {
             })
             .collect();
         let text = choose(&req, &facts(&boards), &[], &[], 1).shortfall.map(|s| s.to_string()).unwrap_or_default();
-        assert!(text.starts_with("placed 0 of 1 replicas: no other board is available: b00 cordoned;"), "{text}");
+        assert!(text.starts_with("placed 0 of 1 replicas: no board is available: b00 cordoned;"), "{text}");
         assert!(text.ends_with("b07 cordoned (and 4 more)"), "{text}");
     }
 

@@ -9,7 +9,10 @@ use std::{
 };
 
 use crds::{Board, BoardModel, ModelDeployment};
-use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::ObjectReference},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -138,8 +141,8 @@ async fn apply_entry(client: &Client, board: &str, key: &str, entry: Option<&Boa
 
 /// Entry point from the Controller: the finalizer wraps apply and cleanup.
 pub(crate) async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.boards.wait_until_ready().await.map_err(|_| Error::WatchEnded("Board"))?;
-    ctx.leases.wait_until_ready().await.map_err(|_| Error::WatchEnded("Lease"))?;
+    // The stores are ready: `lead` starts the Controller only once they are.
+    tracing::debug!(md = %md.name_any(), namespace = ?md.namespace(), "reconciling");
     let namespace = md.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, md, |event| async {
@@ -272,7 +275,12 @@ async fn publish(ctx: &Context, md: &ModelDeployment, note: status::Note) {
         reason: note.reason.to_owned(),
         note: Some(note.note),
         action: "Reconcile".to_owned(),
-        secondary: None,
+        secondary: note.board.map(|name| ObjectReference {
+            api_version: Some(format!("{}/{}", crds::GROUP, crds::VERSION)),
+            kind: Some("Board".to_owned()),
+            name: Some(name),
+            ..ObjectReference::default()
+        }),
     };
     if let Err(error) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
         tracing::warn!(md = %md.name_any(), %error, "publishing an Event");

@@ -114,7 +114,11 @@ pub fn compute(
     } else if ready >= 1 {
         cond(CONDITION_READY, true, "ReplicasReady", ratio.clone())
     } else {
-        let detail = degraded.as_ref().map(|(_, m)| format!("{ratio}: {m}")).unwrap_or_else(|| ratio.clone());
+        let detail = match &degraded {
+            Some((_, m)) if m.starts_with(&ratio) => m.clone(),
+            Some((_, m)) => format!("{ratio}: {m}"),
+            None => ratio.clone(),
+        };
         cond(CONDITION_READY, false, "NoReplicaReady", detail)
     };
     let rollout = plan.rollout;
@@ -142,6 +146,9 @@ pub fn compute(
         ready_cond,
         match progressing {
             Some((reason, message)) => cond(CONDITION_PROGRESSING, true, reason, message),
+            None if plan.assignments.is_empty() => {
+                cond(CONDITION_PROGRESSING, false, "Complete", "no replica is placed".to_owned())
+            }
             None => cond(CONDITION_PROGRESSING, false, "Complete", format!("every replica is at revision {revision}")),
         },
         match degraded {
@@ -217,6 +224,8 @@ pub struct Note {
     pub reason: &'static str,
     /// Text for people.
     pub note: String,
+    /// The Board the Event is also about (`related` in the Event), if any.
+    pub board: Option<String>,
 }
 
 /// Events for what changed between two statuses and by the writes of this reconcile: only
@@ -228,11 +237,15 @@ pub fn transitions(
     removed: &[String],
 ) -> Vec<Note> {
     let mut notes = Vec::new();
-    if !added.is_empty() {
-        notes.push(Note { warning: false, reason: "Assigned", note: format!("assigned to {}", added.join(", ")) });
+    // One Event per board, related to the Board: Events with the same reason and related
+    // object are merged into a series, so a per-board Event keeps each board's name visible.
+    for board in added {
+        let note = format!("assigned to board {board}");
+        notes.push(Note { warning: false, reason: "Assigned", note, board: Some(board.clone()) });
     }
-    if !removed.is_empty() {
-        notes.push(Note { warning: false, reason: "Unassigned", note: format!("removed from {}", removed.join(", ")) });
+    for board in removed {
+        let note = format!("removed from board {board}");
+        notes.push(Note { warning: false, reason: "Unassigned", note, board: Some(board.clone()) });
     }
     let find = |s: Option<&ModelDeploymentStatus>, t: &str| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t)).map(|c| (c.status.clone(), c.reason.clone()))
@@ -244,7 +257,7 @@ pub fn transitions(
         // A brand-new deployment is not "NotReady" news: it has never been ready.
         if ready || was.is_some() {
             let reason = if ready { "Ready" } else { "NotReady" };
-            notes.push(Note { warning: !ready, reason, note: message(CONDITION_READY) });
+            notes.push(Note { warning: !ready, reason, note: message(CONDITION_READY), board: None });
         }
     }
     let (was, now) = (find(old, CONDITION_DEGRADED), find(Some(new), CONDITION_DEGRADED));
@@ -259,12 +272,12 @@ pub fn transitions(
             _ => None,
         };
         if let Some(reason) = reason {
-            notes.push(Note { warning: true, reason, note: message(CONDITION_DEGRADED) });
+            notes.push(Note { warning: true, reason, note: message(CONDITION_DEGRADED), board: None });
         }
     }
     let (was, now) = (find(old, CONDITION_PROGRESSING), find(Some(new), CONDITION_PROGRESSING));
     if now.as_ref().is_some_and(|n| n.1 == "RollingOut") && was.as_ref().is_none_or(|w| w.1 != "RollingOut") {
-        notes.push(Note { warning: false, reason: "RollingOut", note: message(CONDITION_PROGRESSING) });
+        notes.push(Note { warning: false, reason: "RollingOut", note: message(CONDITION_PROGRESSING), board: None });
     }
     notes
 }

@@ -91,6 +91,8 @@ fn failed_replica_carries_the_board_message() {
     let t = Target::from_md(&m).expect("target");
     let s = status_of(&m, &[assigned("b1", &t, "Failed", Some("sha256 mismatch"))]);
     assert_eq!(cond(&s, "Ready"), ("False", "NoReplicaReady", "0/1 replicas ready: b1: sha256 mismatch"));
+    let loading = status_of(&m, &[assigned("b1", &t, "Loading", None)]);
+    assert_eq!(cond(&loading, "Ready").2, "0/1 replicas ready: b1 Loading 40%", "the ratio once");
     assert_eq!(cond(&s, "Degraded"), ("True", "ReplicaFailed", "b1: sha256 mismatch"));
     assert_eq!(s.placements[0].phase, ModelPhase::Failed);
 }
@@ -156,8 +158,9 @@ fn events_only_on_transitions() {
     let ready = status_of(&m, &[assigned("b1", &t, "Ready", None)]);
     let notes = transitions(None, &loading, &["b1".into()], &[]);
     assert_eq!(notes.iter().map(|n| n.reason).collect::<Vec<_>>(), ["Assigned"], "no NotReady for a new one");
+    assert_eq!(notes[0].board.as_deref(), Some("b1"));
     let notes = transitions(Some(&loading), &ready, &[], &[]);
-    assert_eq!(notes, [Note { warning: false, reason: "Ready", note: "1/1 replicas ready".into() }]);
+    assert_eq!(notes, [Note { warning: false, reason: "Ready", note: "1/1 replicas ready".into(), board: None }]);
     assert!(transitions(Some(&ready), &ready, &[], &[]).is_empty());
     let failed = status_of(&m, &[assigned("b1", &t, "Failed", Some("out of memory"))]);
     let reasons: Vec<_> = transitions(Some(&ready), &failed, &[], &[]).iter().map(|n| n.reason).collect();
