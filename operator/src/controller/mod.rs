@@ -158,10 +158,11 @@ pub async fn run(
 async fn lead(client: &Client, config: &Config, metrics: Arc<Metrics>, term: CancellationToken) {
     let (boards, board_writer) = reflector::store::<Board>();
     let (leases, lease_writer) = reflector::store::<Lease>();
-    let board_events =
-        reflector::reflector(board_writer, watcher(Api::<Board>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
+    // managedFields hold one entry per deployment on every Board (each has its own field
+    // manager) and are never read here: dropped before they reach the store.
+    let board_watch = watcher(Api::<Board>::all(client.clone()), watcher::Config::default())
+        .modify(|b| b.managed_fields_mut().clear());
+    let board_events = reflector::reflector(board_writer, board_watch).default_backoff().touched_objects();
     let lease_events = reflector::reflector(
         lease_writer,
         watcher(Api::<Lease>::namespaced(client.clone(), &config.namespace), watcher::Config::default()),
