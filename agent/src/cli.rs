@@ -18,7 +18,7 @@ use crate::{
     node::BoardArgs,
     npu::NpuArgs,
     size::Size,
-    store::{FetchOptions, StoreOptions},
+    store::{FetchOptions, StoreOptions, cli::StoreCommand},
 };
 
 #[derive(Debug, Parser)]
@@ -44,6 +44,9 @@ pub enum Command {
     Openapi,
     /// Check the board, the NPU runtime and the models; exit 1 on a blocking problem.
     Doctor(DoctorArgs),
+    /// Work on the model store without a running agent (pre-seed a board: `store fetch`).
+    #[command(subcommand)]
+    Store(StoreCommand),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +137,10 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Doctor(args) => Ok(if crate::doctor::run(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+            Command::Store(cmd) => {
+                cmd.run().await?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

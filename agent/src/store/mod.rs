@@ -15,11 +15,10 @@
 //! (pieces, Range resume, sources in order, retries); `read` streams a blob, waiting for bytes
 //! that have not arrived yet.
 
+pub mod cli;
 mod fetch;
 pub mod index;
 mod read;
-#[cfg(test)]
-mod tests;
 
 use std::{
     collections::HashMap,
