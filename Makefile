@@ -20,7 +20,7 @@ include hack/bench/bench.mk
 # make rkllm-sim: the ABI-exact stand-in for librkllmrt.so (both ABIs) and simulated models.
 include hack/rkllm-sim/sim.mk
 
-.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz help
+.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help
 
 help:
 	@sed -n '2,5p' Makefile
@@ -94,5 +94,13 @@ fuzz: build
 	$(call step,fuzz smoke: schemathesis on /openapi.json, no 5xx)
 	hack/fuzz.sh
 
-test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s
+# The cluster tier: operator + 3 simulated boards + an origin on a real kube-apiserver.
+test-cluster: deps
+	$(call step,cluster: ModelDeployments placed, distributed board to board, rolled, drained, deleted)
+	hack/test-cluster.sh
+
+# A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
+BOARDS ?= 0
+
+test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-cluster
 	$(call step,all tests passed)

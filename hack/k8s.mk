@@ -21,8 +21,10 @@ CHART_CRD_DIR := $(K8S_ROOT)/charts/rockchip-llama/crds
 k8s-bins:
 	@$(K8S_ROOT)/hack/k8s/bins.sh >/dev/null
 
+# BOARDS=N (root Makefile, default 0) adds the operator, an origin and N simulated boards.
 cluster: k8s-bins
-	@$(K8S_ROOT)/hack/testcluster.sh up
+	@if [ "$(BOARDS)" != 0 ]; then cd $(K8S_ROOT) && cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator && $(MAKE) -s rkllm-sim >/dev/null; fi
+	@$(K8S_ROOT)/hack/testcluster.sh up --boards $(BOARDS)
 
 cluster-down:
 	@$(K8S_ROOT)/hack/testcluster.sh down

@@ -288,7 +288,8 @@ boards_up() { # n k8s-bin-dir
   (cd "$DIR/origin" && sha256sum -- * >SHA256SUMS)
   local origin_port python origin_pid
   origin_port="$(free_port)"
-  python="$(readlink -f "$(command -v python3)")"
+  # The interpreter itself (not a shim such as pyenv's), so `down` recognises the process.
+  python="$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')"
   origin_pid="$(start origin "$python" "$ROOT/hack/py/origin.py" --dir "$DIR/origin" \
     --port "$origin_port" --log "$DIR/logs/origin-requests.jsonl")"
   wait_http origin "$origin_pid" 30 "http://127.0.0.1:$origin_port/SHA256SUMS"

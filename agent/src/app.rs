@@ -391,6 +391,11 @@ fn open_engines(config: &AgentConfig, mask: u32) -> Result<(Engines, RuntimeStat
                     lib: rt.path.clone(),
                     version: rt.version.map(|v| v.to_string()),
                     abi: rt.abi.as_str().to_owned(),
+                    domains: config.npu.npu_domains,
+                    domain_memory_bytes: match Size::parse(&config.npu.npu_domain_memory) {
+                        Ok(Size::Bytes(b)) => b,
+                        _ => 0,
+                    },
                 }),
                 reason: None,
             };

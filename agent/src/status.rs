@@ -23,6 +23,9 @@ pub struct RkllmRuntime {
     pub lib: std::path::PathBuf,
     pub version: Option<String>,
     pub abi: String,
+    /// NPU memory domains and bytes per domain the engine packs models into.
+    pub domains: u32,
+    pub domain_memory_bytes: u64,
 }
 
 /// One resident model.
@@ -73,6 +76,8 @@ pub fn report(node: &crate::node::Node, runtime: &RuntimeState, sched: &Schedule
             runtime_version: runtime.rkllm.as_ref().and_then(|r| r.version.clone()),
             abi: runtime.rkllm.as_ref().map(|r| r.abi.clone()),
             cores: None,
+            domains: runtime.rkllm.as_ref().map(|r| i32::try_from(r.domains).unwrap_or(i32::MAX)),
+            domain_memory_bytes: runtime.rkllm.as_ref().map(|r| i64_of(r.domain_memory_bytes)),
         }),
         memory: (host.mem_total_bytes > 0).then(|| crds::BoardMemory {
             total_bytes: i64_of(host.mem_total_bytes),

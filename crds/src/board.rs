@@ -182,6 +182,12 @@ pub struct NpuInfo {
     /// Number of NPU cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<i32>,
+    /// NPU memory domains the agent packs `.rkllm` models into (each model lives in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<i32>,
+    /// Bytes of NPU memory per domain; a `.rkllm` model needs about its file size in one domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_memory_bytes: Option<i64>,
 }
 
 /// System memory of a board.

@@ -15,7 +15,8 @@ Steps (each prints `ok - ...`):
   6. an .rkllm deployment for rk3588 → only the rk3588 boards, Degraded saying why;
   7. an origin file with a flipped byte → Failed with the reason, never loaded;
   8. replicas 0 → unloaded everywhere, blobs still cached;
-  9. delete → assignments removed, unassigned blobs evicted beyond the store budget.
+  9. delete → assignments removed, unassigned blobs evicted beyond the store budget;
+ 10. SIGTERM → the board reports Ready=False/Draining before it exits.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ def main() -> None:
     gguf = next(n for n in sums if n.endswith(".gguf"))
     size = (origin_dir / gguf).stat().st_size
     testcluster = [str(Path(__file__).resolve().parents[2] / "hack" / "testcluster.sh")]
+    # board-stop / board-start act on this cluster, whatever the caller's environment says.
+    os.environ["TESTCLUSTER_DIR"] = str(cluster_dir)
 
     def board_ready(b: str) -> bool:
         return cond(get("board", b, None), "Ready").get("status") == "True"
@@ -211,7 +214,11 @@ def main() -> None:
     deadline = time.monotonic() + WAIT
     polls = 0
     while True:
-        models = {b: board_status_models(b).get("default/smollm2", {}) for b in boards}
+        # One list call: a consistent snapshot of every board (separate gets could see a
+        # sequential rollout as overlapping).
+        items = json.loads(kubectl("get", "boards", "-o", "json"))["items"]
+        models = {i["metadata"]["name"]: {m["key"]: m for m in (i.get("status") or {}).get("models") or []}
+                  .get("default/smollm2", {}) for i in items}
         new = [b for b, m in models.items() if m.get("revision") not in (None, revisions[b]) and m.get("phase") == "Ready"]
         if len(new) == 3 and ready("smollm2", 3)():
             break
@@ -219,6 +226,9 @@ def main() -> None:
         polls += 1
         if not answering:
             fail(f"no replica answered during the rollout: {models}")
+        reloading = [b for b, m in models.items() if m.get("phase") != "Ready"]
+        if len(reloading) > 1:
+            fail(f"more than one board reloading at once: {reloading}")
         if time.monotonic() > deadline:
             fail(f"rollout did not finish: {models}")
         time.sleep(0.3)
@@ -239,11 +249,14 @@ def main() -> None:
     log(f"ok - .rkllm for rk3588: only board-1 and board-2; Degraded: {degraded['message']}")
 
     # 7. a corrupted file at the origin.
-    bad = bytearray((origin_dir / gguf).read_bytes())
+    # A file no store holds yet (a blob already in a store is never fetched again), served with
+    # one byte flipped.
+    good = os.urandom(3 << 20)
+    bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
     (origin_dir / "corrupt.gguf").write_bytes(bad)
     apply_md("broken", {"model": "broken", "format": "gguf", "replicas": 1,
-                        "source": {"url": f"{origin}/corrupt.gguf", "sha256": sums[gguf]}})
+                        "source": {"url": f"{origin}/corrupt.gguf", "sha256": hashlib.sha256(good).hexdigest()}})
 
     def failed() -> Any:
         p = list(placements("broken").values())
@@ -275,6 +288,15 @@ def main() -> None:
     wait_for("blobs evicted beyond the store budget", lambda: not any(
         (cluster_dir / "boards" / b / "models" / "blobs" / f"sha256-{sums[gguf]}").exists() for b in boards))
     log(f"ok - delete: assignments removed, blobs evicted (store budget {os.environ.get('TESTCLUSTER_STORE_BUDGET')})")
+
+    # 10. SIGTERM: the board says Draining before it goes, and comes back Ready.
+    subprocess.run([*testcluster, "board-stop", "board-3", "TERM"], check=True, timeout=60)
+    c = cond(get("board", "board-3", None), "Ready")
+    if (c.get("status"), c.get("reason")) != ("False", "Draining"):
+        fail(f"after SIGTERM board-3's Ready condition is {c}")
+    subprocess.run([*testcluster, "board-start", "board-3"], check=True, timeout=WAIT)
+    wait_for("board-3 Ready again", lambda: board_ready("board-3"))
+    log("ok - SIGTERM: Ready=False/Draining written before exit; Ready again after restart")
     log(f"all cluster checks passed in {time.monotonic() - STEP_T0:.0f} s")
 
 

@@ -16,6 +16,10 @@ use futures::StreamExt;
 use super::AppState;
 use crate::store::{BlobStore, ReadError, valid_sha};
 
+#[cfg(test)]
+#[path = "blobs_tests.rs"]
+mod tests;
+
 /// How long a reader waits for the next bytes of an arriving blob before giving up (the receiver
 /// then continues from another source).
 pub const ARRIVAL_WAIT: Duration = Duration::from_secs(30);

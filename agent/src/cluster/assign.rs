@@ -49,6 +49,10 @@ impl ModelStates {
         });
         let before = s.clone();
         f(s);
+        // `loaded` means in memory and serving: only ever with phase Ready.
+        if s.phase != ModelPhase::Ready {
+            s.loaded = false;
+        }
         if *s != before {
             drop(m);
             self.changed.notify_one();

@@ -99,6 +99,8 @@ impl BoardWriter {
             "apiVersion": "rockchipllama.io/v1alpha1",
             "kind": "Board",
             "metadata": { "name": self.cfg.node_name, "labels": { SOC_LABEL: soc } },
+            // Required by the schema; empty, so the agent owns no field of it.
+            "spec": {},
         });
         self.api.patch(&self.cfg.node_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(board)).await?;
         Ok(())

@@ -101,6 +101,8 @@ pub struct BoardFacts<'a> {
     pub memory_total: Option<i64>,
     /// status.store.freeBytes.
     pub store_free: Option<i64>,
+    /// status.npu.domains and domainMemoryBytes: where `.rkllm` models must fit.
+    pub npu_domains: Option<(i32, i64)>,
     /// spec.models, with this controller's own writes that the store has not caught up with
     /// applied on top, so two reconciles in a row never plan on a stale picture.
     pub entries: Vec<Cow<'a, BoardModel>>,
@@ -158,6 +160,10 @@ impl<'a> BoardFacts<'a> {
             endpoint: status.and_then(|s| s.endpoint.as_deref()),
             memory_total: status.and_then(|s| s.memory.as_ref()).map(|m| m.total_bytes),
             store_free: status.and_then(|s| s.store.as_ref()).map(|s| s.free_bytes),
+            npu_domains: status
+                .and_then(|s| s.npu.as_ref())
+                .and_then(|n| Some((n.domains?, n.domain_memory_bytes?)))
+                .filter(|&(n, per)| n > 0 && per > 0),
             entries,
             models: status.map(|s| s.models.as_slice()).unwrap_or_default(),
         }

@@ -33,6 +33,8 @@ pub struct Request<'a> {
     pub sha256: Option<&'a str>,
     /// spec.source.sizeBytes; unknown sizes skip the memory and store checks.
     pub size_bytes: Option<i64>,
+    /// An `.rkllm` model: it also needs room in one of the board's NPU memory domains.
+    pub rkllm: bool,
 }
 
 /// Memory a loaded model is expected to take: the file plus 20 % for the KV cache and runtime
@@ -84,6 +86,13 @@ pub enum Rejection {
     },
     /// The agent has not reported its store yet.
     StoreUnknown,
+    /// No NPU memory domain has room for the model next to the `.rkllm` models already there.
+    NpuDomains {
+        /// Most free bytes in any one domain.
+        largest_free: i64,
+        /// File size.
+        need: i64,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -101,6 +110,9 @@ impl fmt::Display for Rejection {
             Self::MemoryUnknown => f.write_str("memory not reported yet"),
             Self::Store { free, .. } => write!(f, "store has {} free", bytes(*free)),
             Self::StoreUnknown => f.write_str("store not reported yet"),
+            Self::NpuDomains { largest_free, .. } => {
+                write!(f, "NPU memory domains full (largest free {})", bytes(*largest_free))
+            }
         }
     }
 }
@@ -154,6 +166,19 @@ pub fn has_room(req: &Request<'_>, board: &BoardFacts<'_>) -> Result<(), Rejecti
     if free < need {
         return Err(Rejection::Memory { free, need });
     }
+    if let (true, Some((domains, per_domain))) = (req.rkllm, board.npu_domains) {
+        let others: Vec<i64> = board
+            .entries
+            .iter()
+            .filter(|e| {
+                e.key != req.key && e.desired == crds::DesiredState::Loaded && e.format == crds::ModelFormat::Rkllm
+            })
+            .map(|e| e.source.size_bytes.unwrap_or(0))
+            .collect();
+        if let Err(largest_free) = fits_domains(&others, size, domains, per_domain) {
+            return Err(Rejection::NpuDomains { largest_free, need: size });
+        }
+    }
     let cached = req.sha256.is_some_and(|sha| board.holds_blob(sha));
     if !cached {
         let free = board.store_free.ok_or(Rejection::StoreUnknown)?;
@@ -162,6 +187,24 @@ pub fn has_room(req: &Request<'_>, board: &BoardFacts<'_>) -> Result<(), Rejecti
         }
     }
     Ok(())
+}
+
+/// Whether a model of `need` bytes fits in one of `domains` NPU memory domains of `per_domain`
+/// bytes each, next to `others` (packed first-fit, largest first, as the agent's engine packs
+/// them); `Err` carries the most free bytes left in any one domain.
+pub fn fits_domains(others: &[i64], need: i64, domains: i32, per_domain: i64) -> Result<(), i64> {
+    let mut free = vec![per_domain; usize::try_from(domains.max(1)).unwrap_or(1)];
+    let mut sorted = others.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    for size in sorted {
+        // A model that fits nowhere is where the agent put it anyway: count it in the emptiest.
+        let i = free.iter().position(|&f| f >= size).unwrap_or_else(|| {
+            free.iter().enumerate().max_by_key(|(_, f)| **f).map_or(0, |(i, _)| i)
+        });
+        free[i] -= size;
+    }
+    let largest = free.iter().copied().max().unwrap_or(0);
+    if largest >= need { Ok(()) } else { Err(largest.max(0)) }
 }
 
 /// Every check a new replica must pass, in the order a user would fix them.
@@ -306,6 +349,7 @@ mod tests {
             spread_by: None,
             sha256: Some(SHA),
             size_bytes: Some(GIB),
+            rkllm: false,
         }
     }
 
@@ -324,6 +368,16 @@ mod tests {
             );
         }
         b
+    }
+
+    #[test]
+    fn npu_domains_are_packed_first_fit() {
+        // Two 4 GiB domains: 3 + 3 GiB leave 1 GiB each, so 2 GiB fits nowhere.
+        assert_eq!(fits_domains(&[3 * GIB, 3 * GIB], 2 * GIB, 2, 4 * GIB), Err(GIB));
+        assert_eq!(fits_domains(&[3 * GIB], 2 * GIB, 2, 4 * GIB), Ok(()));
+        // Memory in total would fit (2 GiB free) but not in one domain.
+        assert_eq!(fits_domains(&[3 * GIB, 3 * GIB], GIB, 2, 4 * GIB), Ok(()));
+        assert_eq!(fits_domains(&[], 5 * GIB, 2, 4 * GIB), Err(4 * GIB));
     }
 
     #[test]

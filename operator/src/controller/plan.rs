@@ -90,6 +90,7 @@ impl Target {
             spread_by: self.spread_by.as_deref(),
             sha256: self.entry.source.sha256.as_deref(),
             size_bytes: self.entry.source.size_bytes,
+            rkllm: self.entry.format == crds::ModelFormat::Rkllm,
         }
     }
 
