@@ -1,7 +1,7 @@
 """The test cluster's model origin: a static file server with HTTP Range support that logs, per
 request, the file and the bytes it sent, so tests can prove a file crossed the "uplink" once.
 
-    python3 hack/py/origin.py --dir DIR --port PORT --log FILE
+    python3 hack/py/origin.py --dir DIR --port PORT --log FILE [--bind ADDR]
 
 Each served request appends one JSON line to FILE: {"path", "start", "end", "sent", "status",
 "method"}. Files are read at request time, so a test may add files (a corrupted copy, say) while
@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--port", required=True, type=int)
     ap.add_argument("--log", required=True, type=Path)
+    # Loopback unless told: the distribution bench runs the origin in a network namespace.
+    ap.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     args = ap.parse_args()
     root = args.dir.resolve()
     lock = threading.Lock()
@@ -93,9 +95,9 @@ def main() -> None:
         def do_HEAD(self) -> None:  # noqa: N802
             self.serve(False)
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer((args.bind, args.port), Handler)
     server.daemon_threads = True
-    print(f"origin serving {root} on 127.0.0.1:{args.port}", flush=True)
+    print(f"origin serving {root} on {args.bind}:{args.port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

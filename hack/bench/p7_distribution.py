@@ -1,0 +1,499 @@
+"""P7 model-distribution benchmark: how long until N boards hold a model, when the boards relay it
+to each other along a chain (the controller's distribution shape) instead of each one pulling it
+from the origin.
+
+    sudo python3 hack/bench/p7_distribution.py [--size-mib 256] [--out docs/bench]   (make bench-distribution)
+
+Needs root: every board is a network namespace on a Linux bridge, every link (the origin's too) is
+shaped with `tc tbf` to --rate-mbit in both directions (egress of both veth ends), so the boards
+share nothing but the bridge. The origin is hack/py/origin.py in its own namespace. Each board runs
+the real agent code, `rockchip-llama-agent store fetch` (the cluster's fetch path: pieces, peers in
+order then the origin, failover at the current offset; `--serve` answers other boards through the
+agent's own blob handler while the blob is still arriving).
+
+Scenarios, each with fresh stores, one after the other in one run:
+  one      one board, origin only                    (the unit every ratio is measured against)
+  origin   all boards at once, origin only, no peers (the origin's link is the bottleneck: ~N x)
+  chain    all boards at once, board i reads boards i-1, i-2, i-3 (nearest first), then the origin
+  slow     as chain, board --slow-board's link at --slow-mbit (a bad cable, a busy switch port)
+
+Writes <out>/distribution.md (table + notes), distribution.json (raw numbers, per-board samples
+every 0.5 s) and distribution.png (bytes per board over time for chain and slow; scenario times).
+Everything it starts is stopped and every namespace, veth and bridge it made is removed on exit,
+also on failure, Ctrl-C or SIGTERM. Stdlib only, plus matplotlib for the PNG (hack/pyenv.sh's venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("ROCKCHIP_LLAMA_CACHE", Path.home() / ".cache" / "rockchip-llama"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
+ORIGIN_PORT = 8000
+BOARD_PORT = 9000
+# Each board's peers: the boards this many places up the chain, nearest first (the controller's
+# fan-out-1 chain lists every earlier board; three are enough to route around one bad board).
+CHAIN_DEPTH = 3
+SAMPLE_EVERY = 0.5  # seconds between the per-board byte samples behind the plot
+POLL = 0.1  # seconds between completion checks: the resolution of every finish time
+PROGRESS_EVERY = 10.0
+TARGETS = {"chain": 1.25, "slow_others": 1.3, "origin": 8.0}
+
+
+def log(msg: str) -> None:
+    print(f"[p7 {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+class Net:
+    """A bridge in the root namespace and one namespace per host (origin, board 1..N), each on
+    its own veth pair with both directions shaped. Names carry the PID so runs never collide."""
+
+    def __init__(self, boards: int, rate_mbit: float) -> None:
+        pid = os.getpid()
+        self.tag = f"p7{pid}"
+        self.subnet = f"10.213.{pid % 250}"
+        self.bridge = f"{self.tag}br"
+        self.rate = rate_mbit
+        self.hosts = ["o"] + [f"b{i}" for i in range(1, boards + 1)]
+        self.made_ns: list[str] = []
+        self.made_links: list[str] = []
+
+    def ns(self, host: str) -> str:
+        return f"{self.tag}-{host}"
+
+    def ip(self, host: str) -> str:
+        return f"{self.subnet}.{100 if host == 'o' else int(host[1:])}"
+
+    def veth(self, host: str) -> str:
+        return f"{self.tag}{host}"  # the root-namespace end; the namespace end is eth0
+
+    def up(self) -> None:
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        self.made_links.append(self.bridge)
+        sh("ip", "addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for h in self.hosts:
+            ns, v = self.ns(h), self.veth(h)
+            sh("ip", "netns", "add", ns)
+            self.made_ns.append(ns)
+            sh("ip", "link", "add", v, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self.made_links.append(v)
+            sh("ip", "link", "set", v, "master", self.bridge, "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(h)}/24", "dev", "eth0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            self.shape(h, self.rate)
+
+    def shape(self, host: str, mbit: float) -> None:
+        """Limits both directions of `host`'s link: egress of the bridge end (its download) and of
+        eth0 in its namespace (its upload). A 64 KiB bucket holds one GSO segment, so tbf never
+        drops a large packet outright."""
+        spec = ["root", "tbf", "rate", f"{mbit}mbit", "burst", "64kb", "latency", "100ms"]
+        sh("tc", "qdisc", "replace", "dev", self.veth(host), *spec)
+        sh("ip", "netns", "exec", self.ns(host), "tc", "qdisc", "replace", "dev", "eth0", *spec)
+
+    def down(self) -> None:
+        for ns in reversed(self.made_ns):
+            # Nothing may outlive the namespace: kill what still runs in it first.
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for p in pids:
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        for link in reversed(self.made_links):  # veths vanish with their namespace; the bridge does not
+            if sh("ip", "link", "show", link, check=False).returncode == 0:
+                sh("ip", "link", "del", link, check=False)
+        self.made_ns.clear()
+        self.made_links.clear()
+
+
+class Procs:
+    """Processes started in namespaces, each in its own session so a group kill reaches it all."""
+
+    def __init__(self) -> None:
+        self.live: list[subprocess.Popen] = []
+
+    def start(self, ns: str, cmd: list[str], out: Path, err: Path) -> subprocess.Popen:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *cmd],
+            stdout=out.open("wb"),
+            stderr=err.open("wb"),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.live.append(p)
+        return p
+
+    def stop(self, procs: list[subprocess.Popen] | None = None, grace: float = 5.0) -> None:
+        procs = list(self.live) if procs is None else procs
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+            if p in self.live:
+                self.live.remove(p)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_blob(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left:
+            b = os.urandom(min(left, 4 << 20))
+            f.write(b)
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+def run_scenario(
+    name: str, boards: list[int], peers: bool, net: Net, procs: Procs, a: argparse.Namespace, ctx: dict
+) -> dict:
+    """Starts every board's `store fetch` at once and watches their stores until all hold the
+    blob (or the timeout); returns finish times from the common start plus byte samples."""
+    sha, size, work = ctx["sha"], ctx["size"], ctx["work"] / name
+    work.mkdir(parents=True)
+    origin_url = f"http://{net.ip('o')}:{ORIGIN_PORT}/blob.bin"
+    log_lines_before = len(ctx["origin_log"].read_text().splitlines()) if ctx["origin_log"].exists() else 0
+    started: dict[int, subprocess.Popen] = {}
+    t0 = time.monotonic()
+    for b in boards:
+        cmd = [str(a.agent), "store", "fetch", "--models-dir", str(work / f"b{b}"), "--sha256", sha,
+               "--size", str(size), "--origin", origin_url, "--fetch-stall-timeout", str(a.stall)]
+        if peers:
+            for up in range(b - 1, max(0, b - 1 - CHAIN_DEPTH), -1):
+                cmd += ["--peer", f"http://{net.ip(f'b{up}')}:{BOARD_PORT}"]
+            cmd += ["--serve", f"{net.ip(f'b{b}')}:{BOARD_PORT}", "--cluster-token-file", str(ctx["token"]),
+                    "--linger", str(a.timeout)]
+        started[b] = procs.start(net.ns(f"b{b}"), cmd, work / f"b{b}.out", work / f"b{b}.log")
+    done: dict[int, float] = {}
+    samples: list[dict] = []
+    next_sample = next_progress = 0.0
+    blob = {b: work / f"b{b}" / "blobs" / f"sha256-{sha}" for b in boards}
+    part = {b: work / f"b{b}" / "blobs" / f"sha256-{sha}.partial" for b in boards}
+
+    def have(b: int) -> int:
+        for p in (blob[b], part[b]):
+            try:
+                return p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return 0
+
+    try:
+        while len(done) < len(boards):
+            t = time.monotonic() - t0
+            for b in boards:
+                if b not in done and blob[b].exists():
+                    done[b] = t
+                elif b not in done and started[b].poll() not in (None, 0):
+                    tail = (work / f"b{b}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                    raise RuntimeError(f"{name}: board {b} exited {started[b].returncode}: " + " | ".join(tail))
+            if t >= next_sample:
+                samples.append({"t": round(t, 2), "bytes": {str(b): have(b) for b in boards}})
+                next_sample += SAMPLE_EVERY
+            if t >= next_progress:
+                mib = sorted(have(b) >> 20 for b in boards)
+                log(f"  {name}: {t:5.0f} s, {len(done)}/{len(boards)} boards done, MiB held min {mib[0]} max {mib[-1]}")
+                next_progress += PROGRESS_EVERY
+            if t > a.timeout:
+                raise RuntimeError(f"{name}: not done after {a.timeout} s ({len(done)}/{len(boards)} boards)")
+            time.sleep(POLL)
+        samples.append({"t": round(time.monotonic() - t0, 2), "bytes": {str(b): have(b) for b in boards}})
+        # The JSON line is printed right after the fetch; give a just-finished board a moment.
+        reports: dict[str, dict] = {}
+        deadline = time.monotonic() + 10
+        for b in boards:
+            out = work / f"b{b}.out"
+            while not out.read_text().strip() and time.monotonic() < deadline:
+                time.sleep(POLL)
+            line = out.read_text().strip().splitlines()
+            reports[str(b)] = json.loads(line[-1]) if line else {}
+    finally:
+        procs.stop(list(started.values()))
+    for b in boards:
+        if sha256_of(blob[b]) != sha:
+            raise RuntimeError(f"{name}: board {b}'s blob does not hash to {sha}")
+    sent = 0
+    lines = ctx["origin_log"].read_text().splitlines()[log_lines_before:]
+    for ln in lines:
+        sent += json.loads(ln).get("sent", 0) or 0
+    shutil.rmtree(work)  # the blobs; the JSON keeps the numbers
+    finish = {str(b): round(done[b], 2) for b in boards}
+    return {
+        "boards": boards,
+        "finish_s": finish,
+        "all_s": round(max(done.values()), 2),
+        "reports": reports,
+        "origin_bytes": sent,
+        "origin_copies": round(sent / size, 2),
+        "samples": samples,
+    }
+
+
+def plot(res: dict, out: Path, a: argparse.Namespace) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing (run through hack/pyenv.sh's venv): no PNG written")
+        return False
+    sc = res["scenarios"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for ax, key, title in ((axes[0], "chain", "chained, all links 100 %"),
+                           (axes[1], "slow", f"chained, board {a.slow_board} at {a.slow_mbit:g} Mbit/s")):
+        s = sc[key]
+        ts = [x["t"] for x in s["samples"]]
+        for b in s["boards"]:
+            ys = [x["bytes"][str(b)] / (1 << 20) for x in s["samples"]]
+            style = "--" if key == "slow" and b == a.slow_board else "-"
+            ax.plot(ts, ys, style, label=f"board {b}")
+        ax.axvline(sc["one"]["all_s"], color="grey", lw=0.8, ls=":", label="one copy")
+        ax.set_title(title)
+        ax.set_xlabel("seconds since the common start")
+        ax.set_ylabel("MiB on the board")
+        ax.legend(fontsize=7)
+    names = ["one", "origin", "chain", "slow (others)", "slow (board)"]
+    vals = [sc["one"]["all_s"], sc["origin"]["all_s"], sc["chain"]["all_s"], sc["slow"]["others_s"],
+            sc["slow"]["slow_board_s"]]
+    axes[2].bar(names, vals, color=["grey", "tab:red", "tab:green", "tab:blue", "tab:orange"])
+    for i, v in enumerate(vals):
+        axes[2].text(i, v, f"{v:.0f} s\n{v / vals[0]:.2f}x", ha="center", va="bottom", fontsize=8)
+    axes[2].set_title(f"time until the boards hold {a.size_mib} MiB")
+    axes[2].set_ylabel("seconds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    return True
+
+
+def report(res: dict, out: Path, a: argparse.Namespace, png: bool) -> None:
+    sc, one = res["scenarios"], res["scenarios"]["one"]["all_s"]
+    n = a.boards
+    rows = [
+        ("one copy: 1 board, origin only", one, None, "the unit", None),
+        (f"origin only: {n} boards at once", sc["origin"]["all_s"], TARGETS["origin"], f"≈ {n}× (no relaying)",
+         None),
+        (f"chained: {n} boards, peers i-1..i-{CHAIN_DEPTH}", sc["chain"]["all_s"], TARGETS["chain"],
+         f"≤ {TARGETS['chain']}×", "le"),
+        (f"chained, board {a.slow_board} at {a.slow_mbit:g} Mbit/s: the other {n - 1}", sc["slow"]["others_s"],
+         TARGETS["slow_others"], f"≤ {TARGETS['slow_others']}×", "le"),
+        (f"chained, board {a.slow_board} at {a.slow_mbit:g} Mbit/s: board {a.slow_board} itself",
+         sc["slow"]["slow_board_s"], None, f"(its link: ≈ {a.rate_mbit / a.slow_mbit:g}×)", None),
+    ]
+    lines = [
+        "# Model distribution between boards (P7)",
+        "",
+        f"Generated by `hack/bench/p7_distribution.py` (`make bench-distribution`) on {res['date']}. Command:",
+        "",
+        f"    {res['command']}",
+        "",
+        f"{n} boards and an origin, each a network namespace on one Linux bridge; every link shaped to "
+        f"{a.rate_mbit:g} Mbit/s in both directions (`tc tbf` on both veth ends). Blob: {a.size_mib} MiB of "
+        f"random bytes, so one copy over one link takes ≈ {a.size_mib * 8 * 1.048576 / a.rate_mbit:.1f} s at "
+        "line rate: long enough that start-up (≈ 0.1 s) and the 0.1 s completion polling stay under 1 % of it. "
+        "Times run from the common start of all boards to the moment the verified blob is in place on each "
+        "(the last board for a group).",
+        "",
+        "| scenario | seconds | ratio to one copy | target | met? | origin sent |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    origin_copies = {0: sc["one"], 1: sc["origin"], 2: sc["chain"], 3: sc["slow"], 4: sc["slow"]}
+    for i, (label, secs, target, tdesc, kind) in enumerate(rows):
+        ratio = secs / one
+        if kind == "le":
+            met = "yes" if ratio <= target else "**no**"
+        elif target is not None:
+            met = "yes" if 0.75 * target <= ratio <= 1.25 * target else "**no**"
+        else:
+            met = "–"
+        copies = f"{origin_copies[i]['origin_copies']:g} copies" if i != 4 else "″"
+        lines.append(f"| {label} | {secs:.1f} | {ratio:.2f}× | {tdesc} | {met} | {copies} |")
+    lines += [
+        "",
+        "Per board, seconds from the common start until its blob was verified and in place:",
+        "",
+        "| board | " + " | ".join(str(b) for b in range(1, n + 1)) + " |",
+        "|---|" + "---:|" * n,
+    ]
+    for key in ("origin", "chain", "slow"):
+        f = sc[key]["finish_s"]
+        lines.append(f"| {key} | " + " | ".join(f"{f[str(b)]:.1f}" for b in range(1, n + 1)) + " |")
+    slow_src = sc["slow"]["reports"]
+    lines += [
+        "",
+        f"Sources of board {a.slow_board + 1} in the slow run (in the order bytes came from them): "
+        + ", ".join(f"`{u.split('/internal')[0].split('//')[1]}`" for u in slow_src.get(str(a.slow_board + 1), {})
+                    .get("sources", [])) + ".",
+        "",
+    ]
+    if png:
+        lines += ["![bytes per board over time; scenario times](distribution.png)", ""]
+    lines += [
+        "Absolute seconds depend on this machine (a shared 2-core VM: the shaping, the 9 processes and the "
+        "hashing share the CPU) and are noise; the ratios to one copy, measured in the same run on the same "
+        "links, are the claim.",
+        "",
+        "## What it exercises, and what not",
+        "",
+        "- **Exercised:** the real agent binary's store fetch (pieces, peers in order then the origin, "
+        "failover at the current offset, the whole-file sha256 before the rename) and its blob serving "
+        "(`/internal/v1/blobs/…` through the agent's own handler with the cluster token, reads of a blob still "
+        "arriving), via `rockchip-llama-agent store fetch --serve`, with the chain shape the controller writes "
+        f"(board i's peers: boards i-1 … i-{CHAIN_DEPTH}, nearest first; board 1 reads the origin), over "
+        "shaped links that share nothing but the bridge.",
+        "- **Not exercised:** the Kubernetes control path (controller placement, Board status, the agent's "
+        "cluster worker picking up assignments), real boards' disks and NICs, and links that lose packets "
+        "(tbf delays and never reorders). The bench starts every board at the same instant, which the "
+        "controller does not promise.",
+        "",
+        f"Raw numbers (finish times, each board's JSON report, bytes per board every {SAMPLE_EVERY} s): "
+        "`distribution.json`.",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agent", type=Path, default=TARGET / "release" / "rockchip-llama-agent")
+    ap.add_argument("--boards", type=int, default=8)
+    ap.add_argument("--size-mib", type=int, default=256, help="blob size (one copy ≈ 21 s at 100 Mbit/s)")
+    ap.add_argument("--rate-mbit", type=float, default=100.0, help="every link, both directions")
+    ap.add_argument("--slow-board", type=int, default=3)
+    ap.add_argument("--slow-mbit", type=float, default=10.0)
+    ap.add_argument("--stall", type=float, default=10.0, help="the agent's --fetch-stall-timeout (its default)")
+    ap.add_argument("--timeout", type=float, default=0.0,
+                    help="seconds per scenario (0: 60 + 2x the slowest ideal finish)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        ap.error("needs root: it creates network namespaces, veth pairs, a bridge and tc qdiscs")
+    if not a.agent.is_file():
+        ap.error(f"no agent at {a.agent}: cargo build --release -p rockchip-llama-agent")
+    if not 1 <= a.slow_board < a.boards:
+        ap.error("--slow-board must be a board with a successor")
+    copy_s = a.size_mib * 8 * 1.048576 / a.rate_mbit
+    if a.timeout <= 0:
+        a.timeout = 60 + 2 * max(a.boards * copy_s, copy_s * a.rate_mbit / a.slow_mbit)
+
+    # SIGTERM/SIGHUP unwind through the finally below like Ctrl-C does.
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    net, procs = Net(a.boards, a.rate_mbit), Procs()
+    work = Path(tempfile.mkdtemp(prefix="p7-distribution-"))
+    try:
+        log(f"blob: {a.size_mib} MiB of random bytes in {work}")
+        (work / "origin").mkdir()
+        size = a.size_mib << 20
+        sha = make_blob(work / "origin" / "blob.bin", size)
+        token = work / "token"
+        token.write_text(secrets.token_hex(16) + "\n")
+        log(f"network: {a.boards} boards + origin in namespaces {net.tag}-*, {a.rate_mbit:g} Mbit/s each way")
+        net.up()
+        origin_log = work / "origin.log"
+        origin = procs.start(net.ns("o"), [sys.executable, str(ROOT / "hack/py/origin.py"), "--dir",
+                                           str(work / "origin"), "--port", str(ORIGIN_PORT), "--log", str(origin_log),
+                                           "--bind", net.ip("o")], work / "origin.out", work / "origin.err")
+        deadline = time.monotonic() + 15
+        while "origin serving" not in (work / "origin.out").read_text():
+            if origin.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("origin did not start: " + (work / "origin.err").read_text()[-500:])
+            time.sleep(0.1)
+        ctx = {"sha": sha, "size": size, "work": work / "runs", "origin_log": origin_log, "token": token}
+        all_boards = list(range(1, a.boards + 1))
+        scen: dict[str, dict] = {}
+        plan = [("one", [1], False), ("origin", all_boards, False), ("chain", all_boards, True)]
+        for name, boards, peers in plan:
+            log(f"scenario {name}: {len(boards)} board(s), {'chained' if peers else 'origin only'}")
+            scen[name] = run_scenario(name, boards, peers, net, procs, a, ctx)
+            log(f"scenario {name}: all done at {scen[name]['all_s']:.1f} s "
+                f"({scen[name]['all_s'] / scen['one']['all_s']:.2f}x one copy), origin sent "
+                f"{scen[name]['origin_copies']} copies")
+        log(f"scenario slow: board {a.slow_board} shaped to {a.slow_mbit:g} Mbit/s")
+        net.shape(f"b{a.slow_board}", a.slow_mbit)
+        s = run_scenario("slow", all_boards, True, net, procs, a, ctx)
+        net.shape(f"b{a.slow_board}", a.rate_mbit)
+        s["slow_board_s"] = s["finish_s"][str(a.slow_board)]
+        s["others_s"] = max(v for k, v in s["finish_s"].items() if k != str(a.slow_board))
+        scen["slow"] = s
+        one = scen["one"]["all_s"]
+        log(f"scenario slow: the other {a.boards - 1} done at {s['others_s']:.1f} s ({s['others_s'] / one:.2f}x), "
+            f"board {a.slow_board} at {s['slow_board_s']:.1f} s")
+        res = {
+            "date": time.strftime("%Y-%m-%d"),
+            "command": "sudo " + " ".join([Path(sys.executable).name, "hack/bench/p7_distribution.py", *sys.argv[1:]]),
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+            "params": {"boards": a.boards, "size_bytes": size, "rate_mbit": a.rate_mbit, "slow_board": a.slow_board,
+                       "slow_mbit": a.slow_mbit, "chain_depth": CHAIN_DEPTH, "stall_s": a.stall,
+                       "sample_every_s": SAMPLE_EVERY, "poll_s": POLL, "ideal_copy_s": round(copy_s, 2)},
+            "targets": TARGETS,
+            "ratios": {"origin": scen["origin"]["all_s"] / one, "chain": scen["chain"]["all_s"] / one,
+                       "slow_others": s["others_s"] / one, "slow_board": s["slow_board_s"] / one},
+            "scenarios": scen,
+        }
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "distribution.json").write_text(json.dumps(res, indent=1) + "\n")
+        png = plot(res, a.out / "distribution.png", a)
+        report(res, a.out / "distribution.md", a, png)
+        log(f"wrote {a.out}/distribution.md, .json{', .png' if png else ''}")
+        return 0
+    finally:
+        log("cleaning up: processes, namespaces, bridge, temp dir")
+        procs.stop()
+        net.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e or 'Ctrl-C'}); cleaned up")
+        sys.exit(130)
