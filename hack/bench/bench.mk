@@ -1,14 +1,24 @@
-# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu`. Included
+# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu` and `make bench-controller`. Included
 # from the root Makefile. Not a CI gate; writes docs/bench/README.md + results.json and
 # docs/bench/npu.md + npu.json. Pass bench.py options via BENCH_ARGS, e.g.
 # `make bench BENCH_ARGS="--rounds 2 --models smollm2"`, and npu_bench.py options via BENCH_NPU_ARGS.
 #
 # `make bench-npu` alone: the RKLLM (NPU) engine against rkllm-sim at vendor speed — agent overhead
 # vs the runtime driven directly, 8 concurrent clients, n_batch 4 vs 1, prompt cache on/off (~3 min).
-.PHONY: bench bench-npu
+#
+# `make bench-controller` (also run by `make bench`): P8, the controller at scale — 300 Boards
+# written by a load generator (no agents) × 1000 ModelDeployments on a private test control plane;
+# convergence time, reconciles/s, operator peak RSS (~3 min). Writes docs/bench/controller-scale.
+# {md,json,png}; options via BENCH_CONTROLLER_ARGS (see hack/bench/p8_controller_scale.py --help).
+.PHONY: bench bench-npu bench-controller
 bench:
 	hack/bench/run.sh $(BENCH_ARGS)
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
+	$(MAKE) --no-print-directory bench-controller
 
 bench-npu:
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
+
+bench-controller:
+	cargo build --release -p rockchip-llama-operator --bin rockchip-llama-operator
+	py=$$(hack/pyenv.sh) && $$py hack/bench/p8_controller_scale.py $(BENCH_CONTROLLER_ARGS)
