@@ -44,8 +44,16 @@ impl StoreCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Self::Fetch(args) => {
-                let report = args.run().await?;
+                let (report, linger) = args.run().await?;
+                // Printed before the linger, so a script learns the result as soon as it exists.
                 println!("{}", serde_json::to_string(&report)?);
+                if let Some(linger) = linger {
+                    tracing::info!(
+                        seconds = linger.as_secs_f64(),
+                        "serving the blob a while longer for boards reading from this one"
+                    );
+                    tokio::time::sleep(linger).await;
+                }
                 Ok(())
             }
         }
@@ -122,8 +130,10 @@ impl Seen {
 }
 
 impl FetchArgs {
-    /// Fetches the blob (serving it meanwhile when asked), lingers, and reports.
-    pub async fn run(self) -> anyhow::Result<FetchReport> {
+    /// Fetches the blob (serving it meanwhile when asked) and reports, with how long to keep
+    /// serving afterwards (`None`: not serving, or no linger); the blob server runs until the
+    /// process ends.
+    pub async fn run(self) -> anyhow::Result<(FetchReport, Option<Duration>)> {
         let Self { models_dir, sha256, size, peers, origin, serve, cluster_token_file, fetch_stall_timeout, linger } =
             self;
         let sha256 = sha256.trim().to_ascii_lowercase();
@@ -171,12 +181,9 @@ impl FetchArgs {
         let seconds = started.elapsed().as_secs_f64();
         let bytes = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?.len();
         tracing::info!(blob = %sha256, bytes, seconds, path = %path.display(), "blob complete and verified");
-        if serve.is_some() && linger > 0.0 {
-            tracing::info!(seconds = linger, "serving the blob a while longer for boards reading from this one");
-            tokio::time::sleep(Duration::from_secs_f64(linger)).await;
-        }
         let sources = seen.into_inner().unwrap_or_else(|e| e.into_inner()).sources;
-        Ok(FetchReport { sha256, bytes, seconds: if sources.is_empty() { 0.0 } else { seconds }, sources })
+        let report = FetchReport { sha256, bytes, seconds: if sources.is_empty() { 0.0 } else { seconds }, sources };
+        Ok((report, (serve.is_some() && linger > 0.0).then(|| Duration::from_secs_f64(linger))))
     }
 }
 
@@ -253,14 +260,15 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
         let sha = hex::encode(Sha256::digest(&data));
         let origin = format!("file://{}", src.display());
-        let r = args(dir.join("store"), sha.to_uppercase(), origin.clone()).run().await.unwrap();
+        let (r, linger) = args(dir.join("store"), sha.to_uppercase(), origin.clone()).run().await.unwrap();
+        assert_eq!(linger, None);
         assert_eq!(
             (r.sha256.as_str(), r.bytes, r.sources.as_slice()),
             (sha.as_str(), data.len() as u64, [origin.clone()].as_slice())
         );
         assert!(dir.join("store/blobs").join(format!("sha256-{sha}")).is_file());
         // Already there: nothing fetched.
-        let again = args(dir.join("store"), sha.clone(), origin.clone()).run().await.unwrap();
+        let (again, _) = args(dir.join("store"), sha.clone(), origin.clone()).run().await.unwrap();
         assert!(again.sources.is_empty() && again.seconds == 0.0, "{again:?}");
         // Serving without a token is refused before anything is fetched.
         let mut a = args(dir.join("other"), sha, origin);
