@@ -5,9 +5,12 @@
 //! that is what lets this board serve the blob onward while it is still arriving (a pipeline of
 //! boards), and what lets one streaming sha256 cover the whole file. Each piece goes to the first
 //! source not cooling down after a failure, so a slow or dead peer is replaced at the current
-//! offset by the next peer or the origin, and taken back once its back-off has passed. The
-//! whole-file digest is checked before the blob becomes visible; a mismatch deletes the bytes,
-//! and if peers supplied any of them the blob is fetched once more from the origin alone.
+//! offset by the next peer or the origin, and taken back once its back-off has passed. A peer that
+//! delivers but slowly (a bad link: not a stall, so no failover) is compared with the next peer up
+//! the chain and skipped once that one is far ahead of it ([`SlowPeers`]): otherwise one slow board
+//! would throttle every board chained behind it. The whole-file digest is checked before
+//! the blob becomes visible; a mismatch deletes the bytes, and if peers supplied any of them the
+//! blob is fetched once more from the origin alone.
 
 use std::{
     path::PathBuf,
@@ -66,11 +69,23 @@ pub struct FetchOptions {
     pub backoff_max: Duration,
     /// Sent as a bearer token to peers.
     pub token: Option<String>,
+    /// Bytes per second below which a peer is suspected of being slow and compared with the next
+    /// peer (0: never). Only a trigger: a peer is skipped only once the next one is far ahead of it.
+    pub slow_peer_rate: u64,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
-        Self { stall: Duration::from_secs(10), max_failures: 12, backoff_max: Duration::from_secs(5), token: None }
+        Self {
+            stall: Duration::from_secs(10),
+            max_failures: 12,
+            backoff_max: Duration::from_secs(5),
+            token: None,
+            // ~34 Mbit/s: a board on a healthy LAN (100 Mbit/s and up) stays above it, so the
+            // check costs nothing there; a 10 Mbit/s link (a bad cable, a port renegotiated
+            // down) falls well below it.
+            slow_peer_rate: 4 << 20,
+        }
     }
 }
 
@@ -258,9 +273,10 @@ impl Transfer<'_> {
         // A peer the controller named may not have started its own download yet (404): it is
         // waited for a little before the origin is asked, so the file still crosses the uplink once.
         let mut not_yet = vec![0u32; sources.len()];
+        let mut slow = SlowPeers::new(sources, opts.slow_peer_rate as f64);
         while self.have < self.total {
             let now = Instant::now();
-            let Some(i) = (0..sources.len()).find(|&i| ready_at[i] <= now) else {
+            let Some(i) = slow.pick(|i| ready_at[i] <= now) else {
                 let next = ready_at.iter().min().copied().unwrap_or(now);
                 tokio::time::sleep_until(next.into()).await;
                 continue;
@@ -268,16 +284,28 @@ impl Transfer<'_> {
             let src = &sources[i];
             let end = (self.have + piece).min(self.total);
             let before = self.have;
+            let floor = slow.cut_below(i, |j| ready_at[j] <= now, now);
+            let started = Instant::now();
             let r = if src.url.starts_with("file://") {
-                self.from_file(src, end).await
+                self.read_file(src, end).await
             } else {
-                self.from_http(src, end, opts).await
+                self.read_http(src, end, opts, floor).await
             };
             if src.kind == SourceKind::Peer && self.have > before {
                 self.from_peers = true;
             }
+            let rate = SlowPeers::rate(self.have - before, started.elapsed());
+            let now = Instant::now();
+            if let Some(j) = slow.suspect(i, rate, |j| ready_at[j] <= now, now) {
+                let (ours, theirs) = tokio::join!(self.available(src, opts), self.available(&sources[j], opts));
+                if slow.overtakes(i, self.have, ours, theirs, piece) {
+                    tracing::info!(blob = %self.sha256, slow = %src.url, ahead = %sources[j].url, offset = self.have,
+                                   slow_holds = ?ours, ahead_holds = ?theirs, bytes_per_s = rate.unwrap_or(0.0) as u64,
+                                   "a slow peer fell behind the next one up the chain; reading from that one");
+                }
+            }
             match r {
-                Ok(()) => {
+                Ok(()) | Err(Attempt::Slow) => {
                     failures[i] = 0;
                     in_a_row = 0;
                 }
@@ -290,7 +318,7 @@ impl Transfer<'_> {
                     failures[i] += 1;
                     in_a_row += 1;
                     ready_at[i] = Instant::now() + opts.backoff_max;
-                    tracing::info!(blob = %self.sha256, source = %src.url, "peer does not have the blob; using the next source");
+                    tracing::info!(blob = %self.sha256, source = %src.url, "peer does not have the blob or does not answer; using the next source");
                 }
                 Err(Attempt::Retry(why)) => {
                     // A source that made progress before failing (a cut connection) is retried
@@ -331,7 +359,22 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    async fn from_file(&mut self, src: &Source, end: u64) -> Result<(), Attempt> {
+    /// Bytes a peer holds of the blob now (`X-Blob-Available`, or all of it when complete);
+    /// `None` when it does not say.
+    async fn available(&self, src: &Source, opts: &FetchOptions) -> Option<u64> {
+        let mut req = self.store.http.head(&src.url).timeout(opts.stall);
+        if let Some(t) = &opts.token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.ok().filter(|r| r.status().is_success())?;
+        let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if header("x-blob-complete").as_deref() == Some("true") {
+            return Some(self.total);
+        }
+        header("x-blob-available")?.parse().ok()
+    }
+
+    async fn read_file(&mut self, src: &Source, end: u64) -> Result<(), Attempt> {
         let path = src.url.trim_start_matches("file://");
         let mut f = fs::File::open(path).await.map_err(|e| Attempt::Retry(e.to_string()))?;
         f.seek(std::io::SeekFrom::Start(self.have)).await.map_err(|e| Attempt::Retry(e.to_string()))?;
@@ -348,7 +391,16 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    async fn from_http(&mut self, src: &Source, end: u64, opts: &FetchOptions) -> Result<(), Attempt> {
+    /// One piece over HTTP. With `floor` (bytes/s), a piece running below it after
+    /// [`SLOW_WINDOW`] is cut short ([`Attempt::Slow`]) so [`SlowPeers`] can compare sources.
+    async fn read_http(
+        &mut self,
+        src: &Source,
+        end: u64,
+        opts: &FetchOptions,
+        floor: Option<f64>,
+    ) -> Result<(), Attempt> {
+        let asked = Instant::now();
         let start = self.have;
         let mut req =
             self.store.http.get(&src.url).header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
@@ -358,7 +410,15 @@ impl Transfer<'_> {
         let resp = tokio::time::timeout(opts.stall, req.send())
             .await
             .map_err(|_| Attempt::Retry("no response".into()))?
-            .map_err(|e| Attempt::Retry(e.to_string()))?;
+            .map_err(|e| {
+                // A peer refusing the connection is starting (or restarting) its agent: like a
+                // 404, waited for a little before the next source is used.
+                if src.kind == SourceKind::Peer && e.is_connect() {
+                    Attempt::NotYet
+                } else {
+                    Attempt::Retry(e.to_string())
+                }
+            })?;
         let status = resp.status();
         if src.kind == SourceKind::Peer && status == reqwest::StatusCode::NOT_FOUND {
             return Err(Attempt::NotYet);
@@ -377,6 +437,14 @@ impl Transfer<'_> {
             };
             let take = chunk.len().min((end - self.have) as usize);
             self.append(&chunk[..take], src).await?;
+            let spent = asked.elapsed();
+            if let Some(floor) = floor
+                && spent >= SLOW_WINDOW
+                && self.have < end
+                && ((self.have - start) as f64) < floor * spent.as_secs_f64()
+            {
+                return Err(Attempt::Slow);
+            }
         }
         Ok(())
     }
@@ -388,17 +456,149 @@ enum Attempt {
     Retry(String),
     /// Local trouble (disk): stop.
     Fatal(StoreError),
-    /// A peer does not hold the blob (yet).
+    /// A peer does not hold the blob (yet), or does not listen (yet).
     NotYet,
+    /// Cut short because the source sends below the slow-peer rate (the bytes so far are kept).
+    Slow,
 }
 
 /// How long a peer without the blob is waited for: tries × step.
 const PEER_WAIT_TRIES: u32 = 20;
 const PEER_WAIT_STEP: Duration = Duration::from_millis(250);
 
+/// How long a piece runs before its rate is judged: long enough to cover the request and a
+/// peer's wait for its own next bytes, short against a piece at a slow rate (4 MiB at 10 Mbit/s ≈ 3.4 s).
+const SLOW_WINDOW: Duration = Duration::from_secs(2);
+/// A slow peer is not compared again for this long. A check costs two HEADs and cuts a piece
+/// short (its bytes are kept), so it may be frequent.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Attempts that moved fewer bytes say nothing about a rate.
+const MIN_MEASURED: u64 = 256 << 10;
+
+/// The slow-peer policy. A peer whose piece runs below the `floor` rate is suspected, and
+/// compared with the next peer up the chain by what each holds beyond our offset (their
+/// `X-Blob-Available`, asked with HEAD). A board with a slow link falls further behind its own
+/// upstream every second, so when the next peer holds at least a piece more and twice the suspect's
+/// lead, the suspect is skipped for the rest of the download (used again only when every other
+/// source is backing off). A peer that is slow only because everything upstream is (a slow
+/// origin) or only for a moment (a chain starting up) holds about what its upstream holds, and
+/// stays. Slowness never sends a piece to the origin. A stall or a dead peer is not this policy's
+/// business: `run` fails those over.
+struct SlowPeers {
+    kinds: Vec<SourceKind>,
+    floor: f64,
+    skipped: Vec<bool>,
+    checked_at: Vec<Option<Instant>>,
+}
+
+impl SlowPeers {
+    fn new(sources: &[Source], floor: f64) -> Self {
+        let n = sources.len();
+        Self {
+            kinds: sources.iter().map(|s| s.kind).collect(),
+            floor,
+            skipped: vec![false; n],
+            checked_at: vec![None; n],
+        }
+    }
+
+    /// Bytes per second of an attempt, when it moved enough bytes to tell.
+    fn rate(bytes: u64, took: Duration) -> Option<f64> {
+        (bytes >= MIN_MEASURED).then(|| bytes as f64 / took.as_secs_f64().max(1e-3))
+    }
+
+    /// The source for the next piece: the first ready one not skipped, else the first ready one.
+    fn pick(&self, ready: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.kinds.len();
+        (0..n).find(|&i| ready(i) && !self.skipped[i]).or_else(|| (0..n).find(|&i| ready(i)))
+    }
+
+    /// The peer after `i` that `i` would be compared with, if `i` may be checked now.
+    fn candidate(&self, i: usize, ready: impl Fn(usize) -> bool, now: Instant) -> Option<usize> {
+        let may = self.floor > 0.0
+            && self.kinds[i] == SourceKind::Peer
+            && self.checked_at[i].is_none_or(|t| now.duration_since(t) >= RECHECK);
+        may.then(|| {
+            (i + 1..self.kinds.len()).find(|&j| self.kinds[j] == SourceKind::Peer && !self.skipped[j] && ready(j))
+        })
+        .flatten()
+    }
+
+    /// The rate below which a piece from `i` is cut short: only when a check could follow.
+    fn cut_below(&self, i: usize, ready: impl Fn(usize) -> bool, now: Instant) -> Option<f64> {
+        self.candidate(i, ready, now).map(|_| self.floor)
+    }
+
+    /// Takes the rate of an attempt at `i`; returns the peer to compare it with when it was slow.
+    fn suspect(&mut self, i: usize, rate: Option<f64>, ready: impl Fn(usize) -> bool, now: Instant) -> Option<usize> {
+        let j = rate.filter(|&r| r < self.floor).and_then(|_| self.candidate(i, ready, now))?;
+        self.checked_at[i] = Some(now);
+        Some(j)
+    }
+
+    /// Whether `j`, holding `theirs` bytes, has left the suspect `i`, holding `slow`, behind: at
+    /// least a `piece` more than it beyond our offset `have`, and twice its lead. Skips `i` if so.
+    fn overtakes(&mut self, i: usize, have: u64, slow: Option<u64>, theirs: Option<u64>, piece: u64) -> bool {
+        let lead = |a: Option<u64>| a.unwrap_or(have).saturating_sub(have);
+        let (ours, better) = (lead(slow), lead(theirs));
+        let yes = better >= piece.saturating_add(ours) && better >= ours.saturating_mul(2);
+        self.skipped[i] |= yes;
+        yes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn chain() -> Vec<Source> {
+        vec![Source::peer("http://b3", "ab"), Source::peer("http://b2", "ab"), Source::origin("http://o/f")]
+    }
+
+    #[test]
+    fn a_slow_peer_left_behind_by_the_next_one_is_skipped() {
+        let mut p = SlowPeers::new(&chain(), 4.0 * MIB as f64);
+        let (now, all) = (Instant::now(), |_| true);
+        assert_eq!(p.cut_below(0, all, now), Some(4.0 * MIB as f64));
+        assert_eq!(p.suspect(0, Some(1.2 * MIB as f64), all, now), Some(1), "compared with b2, never the origin");
+        // b3 holds 1 MiB beyond our 10, b2 holds 30 MiB beyond it.
+        assert!(p.overtakes(0, 10 * MIB, Some(11 * MIB), Some(40 * MIB), 4 * MIB));
+        assert_eq!(p.pick(all), Some(1));
+        assert_eq!(p.pick(|i| i != 1), Some(2), "the origin before the skipped peer");
+        assert_eq!(p.pick(|i| i == 0), Some(0), "a skipped peer is still better than nothing");
+    }
+
+    #[test]
+    fn a_peer_slow_because_everything_upstream_is_stays() {
+        let mut p = SlowPeers::new(&chain(), 4.0 * MIB as f64);
+        let (now, all) = (Instant::now(), |_| true);
+        assert_eq!(p.suspect(0, Some(2.0 * MIB as f64), all, now), Some(1));
+        // Both at the frontier (a slow origin, or a chain starting up): about the same lead.
+        assert!(!p.overtakes(0, 10 * MIB, Some(11 * MIB), Some(13 * MIB), 4 * MIB));
+        assert_eq!(p.pick(all), Some(0));
+        // A peer far ahead but not twice the suspect's lead does not win either.
+        assert!(!p.overtakes(0, 0, Some(100 * MIB), Some(150 * MIB), 4 * MIB));
+        // Not checked again (so no piece is cut short) until RECHECK has passed.
+        assert_eq!(p.cut_below(0, all, now), None);
+        assert_eq!(p.suspect(0, Some(MIB as f64), all, now), None);
+        assert!(p.cut_below(0, all, now + RECHECK).is_some());
+    }
+
+    #[test]
+    fn fast_peers_the_origin_and_a_last_peer_are_never_checked() {
+        let (now, all) = (Instant::now(), |_| true);
+        let mut p = SlowPeers::new(&chain(), 4.0 * MIB as f64);
+        assert_eq!(p.suspect(0, Some(11.0 * MIB as f64), all, now), None, "fast");
+        assert_eq!(p.cut_below(1, all, now), None, "b2 has only the origin after it");
+        assert_eq!(p.suspect(1, Some(MIB as f64), all, now), None);
+        assert_eq!(p.cut_below(2, all, now), None, "the origin");
+        assert_eq!(p.cut_below(0, |i| i != 1, now), None, "b2 backing off: nothing to compare with");
+        assert_eq!(SlowPeers::rate(1000, Duration::from_secs(1)), None, "too few bytes to measure");
+        let off = SlowPeers::new(&chain(), 0.0);
+        assert_eq!(off.cut_below(0, all, now), None, "slow_peer_rate 0 turns the policy off");
+    }
 
     #[test]
     fn pieces_are_4_to_64_mib_powers_of_two() {
