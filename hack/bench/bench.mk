@@ -10,11 +10,17 @@
 # written by a load generator (no agents) × 1000 ModelDeployments on a private test control plane;
 # convergence time, reconciles/s, operator peak RSS (~3 min). Writes docs/bench/controller-scale.
 # {md,json,png}; options via BENCH_CONTROLLER_ARGS (see hack/bench/p8_controller_scale.py --help).
-.PHONY: bench bench-npu bench-controller
+#
+# `make bench-distribution` (also run by `make bench`; root: network namespaces, a bridge, tc): P7,
+# one model blob to 8 boards over 100 Mbit/s links, from the origin vs relayed along the
+# controller's chain, one board slowed (~8 min). Writes docs/bench/distribution.{md,json,png};
+# options via BENCH_DISTRIBUTION_ARGS (see hack/bench/p7_distribution.py --help).
+.PHONY: bench bench-npu bench-controller bench-distribution
 bench:
 	hack/bench/run.sh $(BENCH_ARGS)
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
 	$(MAKE) --no-print-directory bench-controller
+	$(MAKE) --no-print-directory bench-distribution
 
 bench-npu:
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
@@ -22,3 +28,7 @@ bench-npu:
 bench-controller:
 	cargo build --release -p rockchip-llama-operator --bin rockchip-llama-operator
 	py=$$(hack/pyenv.sh) && $$py hack/bench/p8_controller_scale.py $(BENCH_CONTROLLER_ARGS)
+
+bench-distribution:
+	cargo build --release -p rockchip-llama-agent
+	py=$$(hack/pyenv.sh) && $$py hack/bench/p7_distribution.py --agent $(AGENT) $(BENCH_DISTRIBUTION_ARGS)

@@ -188,6 +188,18 @@ def make_blob(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def agent_version(agent: Path) -> str:
+    r = subprocess.run([str(agent), "--version"], capture_output=True, text=True, timeout=10)
+    return r.stdout.strip() or "unknown"
+
+
+def commit() -> str:
+    """The repository's commit, `+dirty` when the work tree differs (the binary may hold that)."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "agent", "api-types"])
+    return (head.stdout.strip() or "unknown") + ("+dirty" if dirty.returncode == 1 else "")
+
+
 def run_scenario(
     name: str, boards: list[int], peers: bool, net: Net, procs: Procs, a: argparse.Namespace, ctx: dict
 ) -> dict:
@@ -331,6 +343,8 @@ def report(res: dict, out: Path, a: argparse.Namespace, png: bool) -> None:
         "",
         f"    {res['command']}",
         "",
+        f"Agent: `{res['agent']['version']}` from `{res['agent']['path']}`, repository at `{res['agent']['commit']}`.",
+        "",
         f"{n} boards and an origin, each a network namespace on one Linux bridge; every link shaped to "
         f"{a.rate_mbit:g} Mbit/s in both directions (`tc tbf` on both veth ends). Blob: {a.size_mib} MiB of "
         f"random bytes, so one copy over one link takes ≈ {a.size_mib * 8 * 1.048576 / a.rate_mbit:.1f} s at "
@@ -338,7 +352,7 @@ def report(res: dict, out: Path, a: argparse.Namespace, png: bool) -> None:
         "Times run from the common start of all boards to the moment the verified blob is in place on each "
         "(the last board for a group).",
         "",
-        "| scenario | seconds | ratio to one copy | target | met? | origin sent |",
+        "| scenario | seconds | ratio to one copy | target | met? | origin sent (blobs) |",
         "|---|---:|---:|---|---|---:|",
     ]
     origin_copies = {0: sc["one"], 1: sc["origin"], 2: sc["chain"], 3: sc["slow"], 4: sc["slow"]}
@@ -350,7 +364,7 @@ def report(res: dict, out: Path, a: argparse.Namespace, png: bool) -> None:
             met = "yes" if 0.75 * target <= ratio <= 1.25 * target else "**no**"
         else:
             met = "–"
-        copies = f"{origin_copies[i]['origin_copies']:g} copies" if i != 4 else "″"
+        copies = f"{origin_copies[i]['origin_copies']:.2f}" if i != 4 else "″"
         lines.append(f"| {label} | {secs:.1f} | {ratio:.2f}× | {tdesc} | {met} | {copies} |")
     lines += [
         "",
@@ -469,6 +483,7 @@ def main() -> int:
         res = {
             "date": time.strftime("%Y-%m-%d"),
             "command": "sudo " + " ".join([Path(sys.executable).name, "hack/bench/p7_distribution.py", *sys.argv[1:]]),
+            "agent": {"path": str(a.agent), "version": agent_version(a.agent), "commit": commit()},
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
             "params": {"boards": a.boards, "size_bytes": size, "rate_mbit": a.rate_mbit, "slow_board": a.slow_board,
                        "slow_mbit": a.slow_mbit, "chain_depth": CHAIN_DEPTH, "stall_s": a.stall,
