@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The cluster tier of `make test`: a real kube-apiserver, the operator and three simulated boards
-# (hack/testcluster.sh up --boards 3; board-3 is an RK3576), then tests/cluster/run.py drives
+# (hack/testcluster.sh up --boards 3; board-3 is an RK3576 with 4 GiB), then tests/cluster/run.py drives
 # ModelDeployments through their life and checks boards, stores and the origin's log. The cluster
 # is torn down on exit, failure included; its logs are printed on failure.
 set -euo pipefail
@@ -20,6 +20,7 @@ WORK="$(mktemp -d -t rockchip-llama-cluster.XXXXXX)"
 export TESTCLUSTER_DIR="$WORK/cluster"
 export KUBECACHEDIR="$WORK/kube-cache"
 export TESTCLUSTER_BOARD_SOCS="rk3588 rk3588 rk3576"
+export TESTCLUSTER_BOARD_MEM_GIB="16 16 4"
 # Unassigned blobs beyond 50 MB are evicted: the ~100 MB test GGUF goes once unassigned.
 export TESTCLUSTER_STORE_BUDGET=50MB
 cleanup() {

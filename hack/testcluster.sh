@@ -16,7 +16,8 @@
 #   hack/testcluster.sh status   say whether it is up
 #
 # Boards: TESTCLUSTER_BOARD_SOCS lists each board's SoC in order (default rk3588 for all; e.g.
-# "rk3588 rk3588 rk3576"); TESTCLUSTER_LEASE is the boards' lease duration in seconds (default 8,
+# "rk3588 rk3588 rk3576"); TESTCLUSTER_BOARD_MEM_GIB each board's RAM in GiB (default 16, the
+# fixture's; e.g. "16 16 4" gives board-3 a 4 GiB proc/meminfo); TESTCLUSTER_LEASE is the boards' lease duration in seconds (default 8,
 # so lease expiry is quick to test; real boards use 40); TESTCLUSTER_STORE_BUDGET their
 # --store-budget (default unset). The operator and agent binaries come from $CARGO_TARGET_DIR
 # (built by `make cluster BOARDS=N`).
@@ -301,9 +302,10 @@ boards_up() { # n k8s-bin-dir
   log "starting the operator"
   start operator "$TARGET/rockchip-llama-operator" run --namespace "$NS" >/dev/null
 
-  local socs=()
+  local socs=() mems=()
   read -r -a socs <<<"${TESTCLUSTER_BOARD_SOCS:-}"
-  local i name soc bd port
+  read -r -a mems <<<"${TESTCLUSTER_BOARD_MEM_GIB:-}"
+  local i name soc bd port mem
   mkdir -p "$DIR/boards"
   for ((i = 1; i <= n; i++)); do
     name="board-$i"
@@ -313,6 +315,12 @@ boards_up() { # n k8s-bin-dir
     cp -r "$ROOT/hack/fixtures/rk3588" "$bd/sysfs"
     if [[ "$soc" != rk3588 ]]; then
       printf 'rockchip,%s-evb\0rockchip,%s\0' "$soc" "$soc" >"$bd/sysfs/proc/device-tree/compatible"
+    fi
+    mem="${mems[i - 1]:-}"
+    if [[ -n "$mem" ]]; then
+      # MemTotal and MemAvailable in kB; the agent reports them in Board.status.memory.
+      sed -i -e "s/^MemTotal:.*/MemTotal:       $((mem * 1048576)) kB/" \
+        -e "s/^MemAvailable:.*/MemAvailable:   $((mem * 1048576 * 9 / 10)) kB/" "$bd/sysfs/proc/meminfo"
     fi
     port="$(free_port)"
     local args=(serve --listen "127.0.0.1:$port" --models-dir "$bd/models" --sysfs-root "$bd/sysfs"

@@ -12,11 +12,13 @@ Steps (each prints `ok - ...`):
   3. cordon a board holding a replica → a new replica Ready elsewhere first, then removed;
   4. scale to 3 with `kubectl scale` → the third board fetches from a peer (origin: one copy in all);
   5. a runtime change → rolled one board at a time, some replica answering throughout;
-  6. an .rkllm deployment for rk3588 → only the rk3588 boards, Degraded saying why;
+  6. an .rkllm deployment for rk3588 → only the rk3588 boards, Degraded saying why; a model too
+     large for the memory of the only matching board is not placed, Degraded naming it;
   7. an origin file with a flipped byte → Failed with the reason, never loaded;
   8. replicas 0 → unloaded everywhere, blobs still cached;
   9. delete → assignments removed, unassigned blobs evicted beyond the store budget;
- 10. SIGTERM → the board reports Ready=False/Draining before it exits.
+ 10. SIGTERM → the board reports Ready=False/Draining before it exits; restarted, it serves its
+     model again without downloading it.
 """
 
 from __future__ import annotations
@@ -248,6 +250,20 @@ def main() -> None:
         fail("qwen3-sim does not answer on board-1")
     log(f"ok - .rkllm for rk3588: only board-1 and board-2; Degraded: {degraded['message']}")
 
+    # 6b. Memory: board-3 has 4 GiB (TESTCLUSTER_BOARD_MEM_GIB); a 4 GiB file needs ~4.8 GiB loaded.
+    apply_md("big", {"model": "big", "format": "gguf", "socs": ["rk3576"], "replicas": 1,
+                     "source": {"url": f"{origin}/not-there.gguf", "sha256": "0" * 64, "sizeBytes": 4 << 30}})
+
+    def refused() -> Any:
+        o = get("md", "big") or {}
+        d = cond(o, "Degraded")
+        return d.get("status") == "True" and "board-3" in d.get("message", "") and "free" in d["message"] and d
+    d = wait_for("big: Degraded, naming board-3's memory", refused)
+    if placements("big") or "default/big" in board_models("board-3"):
+        fail(f"a model too large for board-3 was placed: {placements('big')}")
+    kubectl("delete", "md", "big", "--wait=true", "--timeout=60s")
+    log(f"ok - a model too large for every matching board is not placed: {d['message']}")
+
     # 7. a corrupted file at the origin.
     # A file no store holds yet (a blob already in a store is never fetched again), served with
     # one byte flipped.
@@ -289,14 +305,21 @@ def main() -> None:
         (cluster_dir / "boards" / b / "models" / "blobs" / f"sha256-{sums[gguf]}").exists() for b in boards))
     log(f"ok - delete: assignments removed, blobs evicted (store budget {os.environ.get('TESTCLUSTER_STORE_BUDGET')})")
 
-    # 10. SIGTERM: the board says Draining before it goes, and comes back Ready.
-    subprocess.run([*testcluster, "board-stop", "board-3", "TERM"], check=True, timeout=60)
-    c = cond(get("board", "board-3", None), "Ready")
+    # 10. SIGTERM: the board says Draining before it goes; restarted, it serves its assigned
+    # model again from its store (no new download).
+    before = origin_bytes(requests_log, rk)
+    subprocess.run([*testcluster, "board-stop", "board-1", "TERM"], check=True, timeout=60)
+    c = cond(get("board", "board-1", None), "Ready")
     if (c.get("status"), c.get("reason")) != ("False", "Draining"):
-        fail(f"after SIGTERM board-3's Ready condition is {c}")
-    subprocess.run([*testcluster, "board-start", "board-3"], check=True, timeout=WAIT)
-    wait_for("board-3 Ready again", lambda: board_ready("board-3"))
-    log("ok - SIGTERM: Ready=False/Draining written before exit; Ready again after restart")
+        fail(f"after SIGTERM board-1's Ready condition is {c}")
+    subprocess.run([*testcluster, "board-start", "board-1"], check=True, timeout=WAIT)
+    wait_for("board-1 Ready again", lambda: board_ready("board-1"))
+    wait_for("qwen3 Ready again on board-1", lambda: board_status_models("board-1").get("default/qwen3", {}).get("phase") == "Ready")
+    if chat(boards["board-1"], "qwen3-sim") != 200:
+        fail("qwen3-sim does not answer on board-1 after its restart")
+    if origin_bytes(requests_log, rk) != before:
+        fail("board-1 downloaded its verified blob again after a restart")
+    log("ok - SIGTERM: Ready=False/Draining before exit; restarted, serving again from its store (no download)")
     log(f"all cluster checks passed in {time.monotonic() - STEP_T0:.0f} s")
 
 

@@ -188,7 +188,7 @@ impl BlobStore {
     /// Free bytes on the store's filesystem (statvfs, what an unprivileged writer may use).
     pub fn free_bytes(&self) -> std::io::Result<u64> {
         std::fs::create_dir_all(self.blobs_dir())?;
-        let s = rustix::fs::statvfs(&self.blobs_dir()).map_err(std::io::Error::from)?;
+        let s = rustix::fs::statvfs(self.blobs_dir()).map_err(std::io::Error::from)?;
         Ok(s.f_bavail.saturating_mul(s.f_frsize))
     }
 

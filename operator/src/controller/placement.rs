@@ -198,9 +198,10 @@ pub fn fits_domains(others: &[i64], need: i64, domains: i32, per_domain: i64) ->
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     for size in sorted {
         // A model that fits nowhere is where the agent put it anyway: count it in the emptiest.
-        let i = free.iter().position(|&f| f >= size).unwrap_or_else(|| {
-            free.iter().enumerate().max_by_key(|(_, f)| **f).map_or(0, |(i, _)| i)
-        });
+        let i = free
+            .iter()
+            .position(|&f| f >= size)
+            .unwrap_or_else(|| free.iter().enumerate().max_by_key(|(_, f)| **f).map_or(0, |(i, _)| i));
         free[i] -= size;
     }
     let largest = free.iter().copied().max().unwrap_or(0);
