@@ -1,5 +1,6 @@
 //! The store against real loopback HTTP: an origin that can be slow, cut connections or send bad
-//! bytes, and peers serving blobs through the agent's own blob handler.
+//! bytes, and peers serving blobs through the agent's own blob handler. Here, not in `store/`,
+//! because they need both the store and this HTTP handler (api → store, never the reverse).
 
 use std::{
     path::PathBuf,
@@ -23,7 +24,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use super::*;
+use crate::store::*;
 
 const TOKEN: &str = "cluster-secret";
 const MIB: usize = 1 << 20;
@@ -290,4 +291,33 @@ async fn the_blob_endpoint_checks_the_token_and_honours_ranges() {
     assert_eq!(http.get(&other).bearer_auth(TOKEN).send().await.unwrap().status(), 404);
     let r = http.get(format!("{base}/internal/v1/blobs/../../etc/passwd")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// A store on a real tmpfs too small for the blob (needs root to mount; skipped, and said so,
+/// without it): refused before a byte is written, no partial left, and the error says why.
+#[tokio::test]
+async fn a_store_on_a_small_tmpfs_refuses_a_blob_that_does_not_fit() {
+    let dir = tempdir("tmpfs");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let d = data(6 * MIB);
+    let sha = sha_of(&d);
+    let (url, served) = origin(Arc::clone(&d), Behaviour::default()).await;
+    let mut opts = StoreOptions { reserve: 0, ..StoreOptions::default() };
+    opts.fetch.stall = Duration::from_secs(2);
+    let s = BlobStore::new(dir.clone(), reqwest::Client::new(), opts);
+    let e = s.fetch(&sha, None, &[Source::origin(&url)], &|_| {}).await.unwrap_err();
+    let partial_left = s.partial_path(&sha).exists();
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e}");
+    assert_eq!(served.load(Ordering::SeqCst), 0, "nothing downloaded");
+    assert!(!partial_left, "no partial file");
+    let _ = std::fs::remove_dir_all(&dir);
 }
