@@ -15,7 +15,6 @@
 //! (pieces, Range resume, sources in order, retries); `read` streams a blob, waiting for bytes
 //! that have not arrived yet.
 
-pub mod cli;
 mod fetch;
 pub mod index;
 mod read;

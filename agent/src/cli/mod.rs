@@ -3,12 +3,15 @@
 //! (`ROCKCHIP_LLAMA_*`) so the Helm chart and systemd units configure the agent without argv
 //! (`tests::every_flag_reads_an_env_var`).
 
+mod store;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use api_types::log::LogArgs;
 use clap::{Args, Parser, Subcommand};
 
+use self::store::StoreCommand;
 use crate::{
     app::{Agent, AgentConfig, EngineChoice},
     cluster::ClusterArgs,
@@ -18,7 +21,7 @@ use crate::{
     node::BoardArgs,
     npu::NpuArgs,
     size::Size,
-    store::{FetchOptions, StoreOptions, cli::StoreCommand},
+    store::{FetchOptions, StoreOptions},
 };
 
 #[derive(Debug, Parser)]

@@ -30,7 +30,7 @@ use axum::{
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{BlobStore, FetchOptions, FetchProgress, Source, StoreOptions, valid_sha};
+use crate::store::{BlobStore, FetchOptions, FetchProgress, Source, StoreOptions, valid_sha};
 
 /// Store maintenance without a running agent.
 #[derive(Debug, Subcommand)]
