@@ -69,6 +69,8 @@ struct Behaviour {
     cut_after: usize,
     /// Send bytes up to this file offset, then hang (a dead peer that keeps the socket open).
     hang_at: Option<usize>,
+    /// Answer every request with the whole file and 200, as servers without Range support do.
+    ignore_range: bool,
 }
 
 /// A raw HTTP/1.1 file server with `Range: bytes=a-[b]`; counts body bytes served.
@@ -94,6 +96,7 @@ async fn origin(data: Arc<Vec<u8>>, b: Behaviour) -> (String, Arc<AtomicU64>) {
                     let (a, e) = r.trim().split_once('-')?;
                     Some((a.parse::<usize>().ok()?, e.parse::<usize>().map_or(data.len(), |e| (e + 1).min(data.len()))))
                 });
+                let range = range.filter(|_| !b.ignore_range);
                 let (status, start, body) = match range {
                     Some((s, e)) if s < e => ("206 Partial Content", s, &data[s..e]),
                     _ => ("200 OK", 0, &data[..]),
@@ -207,6 +210,19 @@ async fn a_peer_that_dies_mid_relay_is_replaced_by_the_origin_at_the_same_offset
     // The origin sent what the dead peer had not (plus at most the dead peer's later 5 MiB
     // pieces when its back-off expired): never the whole file twice.
     assert!(served.load(Ordering::SeqCst) < d.len() as u64, "{}", served.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn an_origin_without_range_support_resumes_by_skipping_what_is_here() {
+    let d = data(10 * MIB);
+    let sha = sha_of(&d);
+    let (url, served) = origin(Arc::clone(&d), Behaviour { ignore_range: true, ..Behaviour::default() }).await;
+    let s = store("no-range", |_| {});
+    std::fs::create_dir_all(s.blobs_dir()).unwrap();
+    std::fs::write(s.partial_path(&sha), &d[..3 * MIB]).unwrap();
+    let path = s.fetch(&sha, Some(d.len() as u64), &[Source::origin(&url)], &|_| {}).await.unwrap();
+    assert_eq!(sha256_blocking(&path).unwrap(), sha);
+    assert_eq!(served.load(Ordering::SeqCst), d.len() as u64, "one response, not one per piece");
 }
 
 #[tokio::test]

@@ -423,10 +423,14 @@ impl Transfer<'_> {
         if src.kind == SourceKind::Peer && status == reqwest::StatusCode::NOT_FOUND {
             return Err(Attempt::NotYet);
         }
-        let whole = status == reqwest::StatusCode::OK && start == 0;
-        if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
+        // A server that ignores Range (plain static servers do) sends the whole file with 200:
+        // the bytes already here are skipped and the rest is taken from this one response, rather
+        // than asking again per piece and getting the whole file each time.
+        let ignores_range = status == reqwest::StatusCode::OK;
+        if status != reqwest::StatusCode::PARTIAL_CONTENT && !ignores_range {
             return Err(Attempt::Retry(format!("answered {status}")));
         }
+        let (end, mut skip) = if ignores_range { (self.total, start) } else { (end, 0) };
         let mut body = resp.bytes_stream();
         while self.have < end {
             let chunk = match tokio::time::timeout(opts.stall, body.next()).await {
@@ -435,8 +439,14 @@ impl Transfer<'_> {
                 Ok(Some(Err(e))) => return Err(Attempt::Retry(e.to_string())),
                 Ok(Some(Ok(c))) => c,
             };
-            let take = chunk.len().min((end - self.have) as usize);
-            self.append(&chunk[..take], src).await?;
+            let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+            skip -= skipped as u64;
+            let data = &chunk[skipped..];
+            let take = data.len().min((end - self.have) as usize);
+            if take == 0 {
+                continue;
+            }
+            self.append(&data[..take], src).await?;
             let spent = asked.elapsed();
             if let Some(floor) = floor
                 && spent >= SLOW_WINDOW
