@@ -506,7 +506,8 @@ def main() -> int:
             f"board {a.slow_board} at {s['slow_board_s']:.1f} s")
         res = {
             "date": time.strftime("%Y-%m-%d"),
-            "command": "sudo " + " ".join([Path(sys.executable).name, "hack/bench/p7_distribution.py", *sys.argv[1:]]),
+            # As root (namespaces, tc); `make bench-distribution` runs exactly this.
+            "command": " ".join(["python3", "hack/bench/p7_distribution.py", *sys.argv[1:]]),
             "agent": {"path": str(a.agent), "version": agent_version(a.agent), "commit": commit()},
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
             "params": {"boards": a.boards, "size_bytes": size, "rate_mbit": a.rate_mbit, "slow_board": a.slow_board,
