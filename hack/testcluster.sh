@@ -33,7 +33,9 @@
 #
 # kube-controller-manager runs the controllers that make tests behave like a real cluster without
 # pods ever running; see CONTROLLERS below and docs/development.md.
-set -euo pipefail
+# -E: the ERR trap `up` sets also fires for failures inside functions (boards_up), so a
+# failed start never leaves processes behind.
+set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${TESTCLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/rockchip-llama-testcluster-$(id -u)}"
