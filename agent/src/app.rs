@@ -211,6 +211,7 @@ impl Agent {
             node: Arc::clone(&node),
             runtime,
             cluster_token: config.cluster_token.as_deref().and_then(ApiKeys::parse).map(Arc::new),
+            vllm: Arc::default(),
         };
         Ok(Self {
             config,

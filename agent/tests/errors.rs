@@ -131,6 +131,13 @@ async fn errors_have_the_right_status_and_shape() {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
     assert!(m.contains(r#"route="/v1/chat/completions",status="400""#), "requests by route template and status");
+    // The vLLM-named gauges routers and autoscalers scrape, for the resident model, and one
+    // OpenMetrics document (a single # EOF, last).
+    for name in ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"] {
+        assert!(m.contains(&format!("{name}{{model_name=")), "{name} missing from /metrics:\n{m}");
+    }
+    assert_eq!(m.matches("# EOF").count(), 1);
+    assert!(m.trim_end().ends_with("# EOF"));
     assert!(m.contains(r#"route="/v1/models/{*model}""#), "templates, never raw paths");
 }
 

@@ -100,6 +100,8 @@ pub struct AppState {
     pub runtime: RuntimeState,
     /// The cluster token peers present for blobs; `None`: blobs are not served.
     pub cluster_token: Option<Arc<ApiKeys>>,
+    /// Queue gauges under vLLM's names, for routers and autoscalers built for vLLM.
+    pub vllm: Arc<crate::metrics::VllmGauges>,
 }
 
 #[derive(OpenApi)]

@@ -26,13 +26,15 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let sched = st.serve.sched();
     let busy = &sched.metrics().engine_busy;
     busy.clear();
+    st.vllm.clear();
     for r in sched.residents() {
         busy.get_or_create(&crate::metrics::model(&r.entry.name)).set(r.instance.busy() as i64);
+        st.vllm.set(&r.entry.name, r.waiting(), r.running(), r.slot_count());
     }
     st.node.update_metrics(&st.board_metrics);
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        crate::metrics::encode_registry(&st.registry),
+        crate::metrics::encode_with_vllm(&st.registry, &st.vllm),
     )
 }
 

@@ -111,6 +111,7 @@ pub struct Resident {
     pub loaded_at: SystemTime,
     pub load_duration: Duration,
     slots: Arc<Semaphore>,
+    slot_count: usize,
     waiting: AtomicUsize,
     /// Tickets outstanding, queued or running.
     users: AtomicUsize,
@@ -140,6 +141,16 @@ impl Resident {
 
     pub fn in_use(&self) -> usize {
         self.users.load(Ordering::SeqCst)
+    }
+
+    /// Sequences this model generates at once.
+    pub fn slot_count(&self) -> usize {
+        self.slot_count
+    }
+
+    /// Requests holding a slot now (being generated).
+    pub fn running(&self) -> usize {
+        self.slot_count.saturating_sub(self.slots.available_permits())
     }
 
     /// Requests queued for a slot.
@@ -395,6 +406,7 @@ impl Scheduler {
             loaded_at: SystemTime::now(),
             load_duration,
             slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
+            slot_count: slots.max(1) as usize,
             waiting: AtomicUsize::new(0),
             users: AtomicUsize::new(1),
             life: Mutex::new(Life { keep_alive: keepalive::DEFAULT, expires_at: None, last_used: Instant::now() }),
