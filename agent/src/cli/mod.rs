@@ -171,28 +171,13 @@ impl ServeArgs {
             store,
             cluster,
         } = self;
-        let token = store
-            .cluster_token_file
-            .as_deref()
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("--cluster-token-file {}", p.display()))
-                    .map(|t| t.trim().to_owned())
-            })
-            .transpose()?
-            .filter(|t| !t.is_empty());
-        if !(store.fetch_stall_timeout > 0.0 && store.fetch_stall_timeout.is_finite()) {
-            anyhow::bail!("--fetch-stall-timeout must be a positive number of seconds");
-        }
+        let token = read_token(store.cluster_token_file.as_deref())?;
+        let stall = stall_timeout(store.fetch_stall_timeout)?;
         let store_opts = StoreOptions {
             reserve: Size::parse(&store.store_reserve).context("--store-reserve")?.or_auto(|| 256 << 20),
             max_downloads: store.max_downloads as usize,
             max_uploads: store.max_uploads as usize,
-            fetch: FetchOptions {
-                stall: Duration::from_secs_f64(store.fetch_stall_timeout),
-                token: token.clone(),
-                ..FetchOptions::default()
-            },
+            fetch: FetchOptions { stall, token: token.clone(), ..FetchOptions::default() },
         };
         let cluster = cluster.resolve(listen)?;
         Ok(AgentConfig {
@@ -215,6 +200,20 @@ impl ServeArgs {
             cluster,
         })
     }
+}
+
+/// The cluster token in `--cluster-token-file` (trimmed; an empty file means none), for `serve`
+/// and `store fetch` alike.
+fn read_token(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let Some(p) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(p).with_context(|| format!("--cluster-token-file {}", p.display()))?;
+    Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
+}
+
+/// `--fetch-stall-timeout` as a duration: a positive, finite number of seconds.
+fn stall_timeout(secs: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--fetch-stall-timeout must be a positive number of seconds");
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn list_models(args: &ModelArgs) -> anyhow::Result<()> {

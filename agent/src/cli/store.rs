@@ -138,26 +138,11 @@ impl FetchArgs {
             self;
         let sha256 = sha256.trim().to_ascii_lowercase();
         anyhow::ensure!(valid_sha(&sha256), "--sha256 must be 64 hex digits, got {sha256:?}");
-        anyhow::ensure!(
-            fetch_stall_timeout > 0.0 && fetch_stall_timeout.is_finite(),
-            "--fetch-stall-timeout must be a positive number of seconds"
-        );
+        let stall = super::stall_timeout(fetch_stall_timeout)?;
         anyhow::ensure!(linger >= 0.0 && linger.is_finite(), "--linger must be a number of seconds >= 0");
-        let token = cluster_token_file
-            .as_deref()
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("--cluster-token-file {}", p.display()))
-                    .map(|t| t.trim().to_owned())
-            })
-            .transpose()?
-            .filter(|t| !t.is_empty());
+        let token = super::read_token(cluster_token_file.as_deref())?;
         let opts = StoreOptions {
-            fetch: FetchOptions {
-                stall: Duration::from_secs_f64(fetch_stall_timeout),
-                token: token.clone(),
-                ..FetchOptions::default()
-            },
+            fetch: FetchOptions { stall, token: token.clone(), ..FetchOptions::default() },
             ..StoreOptions::default()
         };
         // The same client settings as `serve`: no overall timeout (pieces are bounded by the stall
