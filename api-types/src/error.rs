@@ -28,6 +28,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("invalid or missing API key")]
     Unauthorized,
+    /// A valid key that may not do this (e.g. a model outside the key's allow-list).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("server busy: {0}")]
     Overloaded(String),
     #[error("the prompt is {prompt} tokens, more than the model's context window of {context} tokens")]
@@ -72,6 +75,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -87,6 +91,7 @@ impl ApiError {
             }
             Self::ModelNotFound(_) | Self::NotFound(_) => "not_found_error",
             Self::Unauthorized => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
             Self::Overloaded(_) => "rate_limit_error",
             Self::Unavailable(_) => "service_unavailable_error",
             Self::Upstream(_) => "upstream_error",

@@ -12,7 +12,7 @@ use anyhow::Context;
 use api_types::log::LogArgs;
 use clap::{Parser, Subcommand};
 
-use crate::controller;
+use crate::{controller, gateway};
 
 /// Kubernetes operator for RockchipLlama.
 #[derive(Debug, Parser)]
@@ -34,8 +34,13 @@ pub enum Command {
     /// per CRD into a directory.
     Crd(CrdArgs),
     /// Run the controller: place ModelDeployments on Boards (leader-elected, so several
-    /// replicas may run). Reaches the API server in-cluster, or through KUBECONFIG.
+    /// replicas may run), and the gateway (every replica serves it). Reaches the API server
+    /// in-cluster, or through KUBECONFIG.
     Run(RunArgs),
+    /// Run only the gateway (no controller): e.g. more gateway replicas than controllers.
+    Gateway(GatewayOnlyArgs),
+    /// Print the gateway's OpenAPI document (committed as docs/openapi-gateway.json).
+    Openapi,
 }
 
 /// Arguments of `run`.
@@ -66,9 +71,149 @@ pub struct RunArgs {
     #[arg(long, env = "ROCKCHIP_LLAMA_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Reconcile only the ModelDeployments of this namespace; all namespaces when unset.
+    /// Reconcile (and route) only the ModelDeployments of this namespace; all namespaces when
+    /// unset.
     #[arg(long, env = "ROCKCHIP_LLAMA_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+
+    /// Do not serve the gateway from this process.
+    #[arg(long, env = "ROCKCHIP_LLAMA_NO_GATEWAY")]
+    pub no_gateway: bool,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// Arguments of `gateway`.
+#[derive(Debug, clap::Args)]
+pub struct GatewayOnlyArgs {
+    /// Namespace of the boards' Leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rockchip-llama")]
+    pub namespace: String,
+
+    /// Route only the ModelDeployments of this namespace; all namespaces when unset.
+    #[arg(long, env = "ROCKCHIP_LLAMA_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// The gateway's flags (docs/gateway.md).
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Where the gateway serves the OpenAI + Ollama APIs (11434: Ollama's port, clear of k3s
+    /// Traefik's 80/443).
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_LISTEN", default_value = "0.0.0.0:11434")]
+    pub gateway_listen: SocketAddr,
+
+    /// File with the clients' API keys, one per line: `<key> [model,model]` or
+    /// `sha256:<hex> [models]` (a Secret mounted as a file). No keys: no auth.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// The same list given directly (a Secret as env); joined with the file's.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// File holding the cluster token, sent to the agents on every request (agents started
+    /// with --require-cluster-token refuse anyone else).
+    #[arg(long, env = "ROCKCHIP_LLAMA_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+
+    /// Requests a board may hold beyond its slots (so it starts the next without a round trip).
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_BOARD_QUEUE", default_value_t = 1)]
+    pub board_queue: u32,
+
+    /// Requests per model that may wait at the gateway for a free board; more get 429.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_QUEUE_DEPTH", default_value_t = 256)]
+    pub queue_depth: usize,
+
+    /// Longest wait for a free board, then 429 with Retry-After (e.g. 30s, 2m).
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub queue_timeout: std::time::Duration,
+
+    /// Other boards tried when a board fails before the first byte.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_RETRIES", default_value_t = 2)]
+    pub retries: u32,
+
+    /// Longest time spent on retries of one request.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_RETRY_BUDGET", default_value = "15s", value_parser = parse_duration)]
+    pub retry_budget: std::time::Duration,
+
+    /// Consecutive failures (requests or load polls) that take a board out of routing.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_EJECT_AFTER", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+
+    /// How often each board's load is polled.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+}
+
+/// `250ms`, `30s`, `2m` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 250ms, 30s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("'{s}': unit must be ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{s}' is not a duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+impl GatewayArgs {
+    /// The gateway's configuration; reads the key and token files.
+    pub fn config(self, lease_namespace: &str, watch_namespace: Option<String>) -> anyhow::Result<gateway::Config> {
+        let Self {
+            gateway_listen,
+            api_key_file,
+            api_keys,
+            cluster_token_file,
+            board_queue,
+            queue_depth,
+            queue_timeout,
+            retries,
+            retry_budget,
+            eject_after,
+            poll_interval,
+        } = self;
+        let mut c = gateway::Config::new(gateway_listen, lease_namespace);
+        c.watch_namespace = watch_namespace;
+        let mut keys_text = String::new();
+        if let Some(path) = &api_key_file {
+            keys_text =
+                fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
+            keys_text.push('\n');
+        }
+        if let Some(k) = &api_keys {
+            keys_text.push_str(k);
+        }
+        if api_key_file.is_some() || api_keys.is_some() {
+            c.keys = Some(gateway::auth::ClientKeys::parse(&keys_text).context("gateway API keys")?);
+        }
+        if let Some(path) = &cluster_token_file {
+            let token =
+                fs::read_to_string(path).with_context(|| format!("reading the cluster token {}", path.display()))?;
+            let token = token.trim();
+            anyhow::ensure!(!token.is_empty(), "the cluster token file {} is empty", path.display());
+            c.cluster_token = Some(token.to_owned());
+        }
+        c.board_queue = board_queue;
+        c.queue_depth = queue_depth;
+        c.queue_timeout = queue_timeout;
+        c.retries = retries;
+        c.retry_budget = retry_budget;
+        c.eject_after = eject_after;
+        c.poll_interval = poll_interval;
+        Ok(c)
+    }
 }
 
 /// Arguments of `crd`.
@@ -87,6 +232,12 @@ impl Args {
         match command {
             Command::Crd(args) => args.run(),
             Command::Run(args) => args.run(),
+            Command::Gateway(args) => args.run(),
+            Command::Openapi => {
+                let mut out = gateway::http::openapi_json();
+                out.push('\n');
+                io::stdout().lock().write_all(out.as_bytes()).context("writing the OpenAPI document")
+            }
         }
     }
 }
@@ -106,21 +257,64 @@ impl CrdArgs {
 
 impl RunArgs {
     fn run(self) -> anyhow::Result<()> {
-        let Self { namespace, identity, fan_out, concurrency, metrics_listen, watch_namespace } = self;
+        let Self { namespace, identity, fan_out, concurrency, metrics_listen, watch_namespace, no_gateway, gateway } =
+            self;
+        let gateway = (!no_gateway).then(|| gateway.config(&namespace, watch_namespace.clone())).transpose()?;
         let mut config = controller::Config::new(namespace, controller::leader::identity(identity.as_deref()));
         config.fan_out = usize::from(fan_out);
         config.concurrency = concurrency;
         config.metrics_listen = metrics_listen;
         config.watch_namespace = watch_namespace;
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-        runtime.block_on(async move {
-            let client = kube::Client::try_default()
-                .await
-                .context("no Kubernetes API: not in a cluster and no usable KUBECONFIG")?;
-            controller::run(client, config, shutdown_signal()).await?;
+        runtime()?.block_on(async move {
+            let client = client().await?;
+            let stop = stop_on_signal();
+            let served = async {
+                match gateway {
+                    Some(g) => gateway::run(client.clone(), g, stop.clone()).await.map_err(anyhow::Error::from),
+                    None => Ok(()),
+                }
+            };
+            let controlled = async {
+                let result = controller::run(client.clone(), config, stop.clone().cancelled_owned()).await;
+                // The controller stopping (an error) stops the gateway too: the pod restarts whole.
+                stop.cancel();
+                result.map_err(anyhow::Error::from)
+            };
+            tokio::try_join!(served, controlled)?;
             Ok(())
         })
     }
+}
+
+impl GatewayOnlyArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let Self { namespace, watch_namespace, gateway } = self;
+        let config = gateway.config(&namespace, watch_namespace)?;
+        runtime()?.block_on(async move {
+            let client = client().await?;
+            gateway::run(client, config, stop_on_signal()).await?;
+            Ok(())
+        })
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context("no Kubernetes API: not in a cluster and no usable KUBECONFIG")
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        s.cancel();
+    });
+    stop
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
@@ -169,6 +363,15 @@ mod tests {
     fn every_flag_reads_an_env_var() {
         let missing = api_types::log::flags_without_env(&Args::command());
         assert!(missing.is_empty(), "flags without an env var: {missing:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), std::time::Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), std::time::Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
+        assert_eq!(parse_duration("5").unwrap(), std::time::Duration::from_secs(5));
+        assert!(parse_duration("5h").is_err() && parse_duration("fast").is_err());
     }
 
     #[test]

@@ -1,9 +1,215 @@
-//! The gateway: one cluster-wide OpenAI + Ollama endpoint in every operator replica, sending each
-//! request to a board that has the model loaded (docs/cluster.md). So far its decisions, which are
-//! pure: the routing table from ModelDeployments and Boards ([`table`]), replica selection per
-//! `routing.strategy` ([`policy`]) and the affinity key of a request
-//! ([`prefix`]); the proxy around them is the next step.
+//! The gateway: one cluster-wide OpenAI + Ollama endpoint, served by every operator replica (no
+//! leader needed; docs/gateway.md). Each request goes to a board that has its model loaded and
+//! will answer first.
+//!
+//! ```text
+//!  ModelDeployments, Boards, Leases ──reflectors──► view ──► Table (pure: name → replicas)
+//!  agents' GET /internal/v1/load every 250 ms ──poll──► Loads (in flight + others, health)
+//!  client ─► http (auth, request id) ─► proxy ─► dispatch (policy, queue) ─► board ─► stream back
+//! ```
+//!
+//! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`]. I/O: [`view`] (watches),
+//! [`poll`], [`proxy`], [`http`].
 
+pub mod auth;
+pub mod dispatch;
+pub mod http;
+pub mod load;
+pub mod metrics;
 pub mod policy;
+pub mod poll;
 pub mod prefix;
+pub mod proxy;
 pub mod table;
+pub mod view;
+
+use std::{
+    collections::{HashMap, hash_map::RandomState},
+    hash::BuildHasher,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use self::{dispatch::Queue, load::Loads, metrics::Metrics, table::Table};
+
+/// How the gateway runs (flags in `cli::GatewayArgs`).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Namespace of the boards' Leases.
+    pub lease_namespace: String,
+    /// Route only the ModelDeployments of this namespace; all when unset.
+    pub watch_namespace: Option<String>,
+    /// Sent to agents as the bearer token of every proxied request and poll.
+    pub cluster_token: Option<String>,
+    /// Client keys; `None`: no auth.
+    pub keys: Option<auth::ClientKeys>,
+    /// Requests a board may hold beyond its slots.
+    pub board_queue: u32,
+    /// Requests per model that may wait for a board.
+    pub queue_depth: usize,
+    /// Longest wait for a board.
+    pub queue_timeout: Duration,
+    /// Other boards tried after a failure before the first byte.
+    pub retries: u32,
+    /// Longest time spent retrying one request.
+    pub retry_budget: Duration,
+    /// Consecutive failures that eject a board.
+    pub eject_after: u32,
+    /// How often each board's load is polled.
+    pub poll_interval: Duration,
+    /// Connect timeout to a board.
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but where to listen and which namespace holds the Leases.
+    pub fn new(listen: SocketAddr, lease_namespace: impl Into<String>) -> Self {
+        Self {
+            listen,
+            lease_namespace: lease_namespace.into(),
+            watch_namespace: None,
+            cluster_token: None,
+            keys: None,
+            board_queue: 1,
+            queue_depth: 256,
+            queue_timeout: Duration::from_secs(30),
+            retries: 2,
+            retry_budget: Duration::from_secs(15),
+            eject_after: 2,
+            poll_interval: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// State shared by the gateway's tasks and handlers.
+pub struct Gateway {
+    pub config: Config,
+    pub metrics: Metrics,
+    /// Client for the boards: connection pooling, no overall timeout (answers stream for long).
+    pub http: reqwest::Client,
+    table: RwLock<Arc<Table>>,
+    loads: Mutex<Loads>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    turns: Mutex<HashMap<String, u64>>,
+    rng: Mutex<u64>,
+    /// True once the watches have listed everything (the table is real, not empty by default).
+    synced: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Arc::new(Self {
+            config,
+            metrics: Metrics::default(),
+            http,
+            table: RwLock::default(),
+            loads: Mutex::default(),
+            queues: Mutex::default(),
+            turns: Mutex::default(),
+            rng: Mutex::new(RandomState::new().hash_one(0u8) | 1),
+            synced: AtomicBool::new(false),
+        }))
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Installs a new table (from [`view`]); returns whether it differs from the old one.
+    pub fn set_table(&self, table: Table) -> bool {
+        let mut current = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        if **current == table {
+            return false;
+        }
+        *current = Arc::new(table);
+        true
+    }
+
+    pub fn loads(&self) -> MutexGuard<'_, Loads> {
+        self.loads.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue of one route.
+    pub fn queue(&self, route_key: &str) -> Arc<Queue> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).entry(route_key.to_owned()).or_default().clone()
+    }
+
+    /// Wakes the requests waiting for a board of one route.
+    pub fn wake(&self, route_key: &str) {
+        if let Some(q) = self.queues.lock().unwrap_or_else(PoisonError::into_inner).get(route_key) {
+            q.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiting request (a report came, the table changed).
+    pub fn wake_all(&self) {
+        for q in self.queues.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            q.notify.notify_waiters();
+        }
+    }
+
+    /// RoundRobin's counter of one route, advanced per pick.
+    pub fn next_turn(&self, route_key: &str) -> u64 {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = turns.entry(route_key.to_owned()).or_default();
+        *t = t.wrapping_add(1);
+        *t
+    }
+
+    /// xorshift64: tie-breaks only, so speed matters and quality hardly does.
+    pub fn random(&self) -> u64 {
+        let mut s = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Serves the gateway until `stop` is cancelled: the watches, the load poller and the HTTP
+/// listener. The listener is bound first, so a taken port fails at start.
+pub async fn run(client: Client, config: Config, stop: CancellationToken) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen { addr: config.listen.to_string(), source })?;
+    let gw = Gateway::new(config)?;
+    tokio::spawn(view::watch(client, gw.clone(), stop.clone()));
+    tokio::spawn(poll::run(gw.clone(), stop.clone()));
+    http::serve(listener, gw, stop).await
+}

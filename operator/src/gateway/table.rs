@@ -30,6 +30,8 @@ pub struct Route {
     pub prefix_chars: usize,
     /// Replicas asked for; 0 means scaled to zero on purpose.
     pub desired: i32,
+    /// When the deployment was created, Unix seconds (OpenAI's `created` of the model).
+    pub created: i64,
     pub replicas: Vec<Replica>,
 }
 
@@ -94,6 +96,7 @@ pub fn build(deployments: &[ModelDeployment], boards: &[BoardView<'_>]) -> Table
             strategy: md.spec.routing.strategy,
             prefix_chars: usize::try_from(md.spec.routing.prefix_chars).unwrap_or(1).max(1),
             desired: md.spec.replicas,
+            created: md.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
             replicas,
         };
         for name in std::iter::once(model).chain(md.spec.aliases.iter().map(String::as_str)) {

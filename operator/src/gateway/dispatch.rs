@@ -1,0 +1,229 @@
+//! Choosing a board for one request, and holding it while the request runs.
+//!
+//! A board can take a request now when its load for the model is below its slots plus
+//! `board_queue` (a request or so waiting on the board, so it starts the next without waiting for
+//! a round trip to the gateway). The policy picks among every routable board; when its pick is
+//! full, it picks again among the boards that are not. When none can take it, the request waits
+//! in the model's queue: bounded in length (`queue_depth`, then 429 at once) and in time
+//! (`queue_timeout`, then 429 with Retry-After). Each finished request, board report and table
+//! change wakes the waiters.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use api_types::ApiError;
+use crds::RoutingStrategy;
+use tokio::sync::Notify;
+
+use super::{
+    Gateway,
+    policy::{self, Ask, Candidate, Reason},
+    table::Route,
+};
+
+/// The waiters of one model.
+#[derive(Default)]
+pub struct Queue {
+    pub notify: Notify,
+    pub waiting: AtomicI64,
+}
+
+/// A board taken for one request: counted in flight until dropped (when the answer has been
+/// streamed to the end, or the client went away).
+pub struct Slot {
+    gw: Arc<Gateway>,
+    pub route_key: String,
+    pub model: String,
+    pub board: String,
+    pub endpoint: String,
+    pub reason: Reason,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gw.loads().board(&self.board).finish(&self.model);
+        self.gw.wake(&self.route_key);
+    }
+}
+
+/// What [`try_pick`] found.
+enum Pick {
+    Chosen {
+        board: String,
+        endpoint: String,
+        reason: Reason,
+    },
+    /// Every routable board is at capacity.
+    Full,
+    /// No board can be tried: all ejected, or all already tried by this request.
+    NoBoard,
+}
+
+fn strategy_name(s: RoutingStrategy) -> &'static str {
+    match s {
+        RoutingStrategy::LeastLoad => "LeastLoad",
+        RoutingStrategy::PrefixAffinity => "PrefixAffinity",
+        RoutingStrategy::RoundRobin => "RoundRobin",
+    }
+}
+
+/// The metrics label of a routing policy.
+pub fn policy_label(route: &Route) -> &'static str {
+    strategy_name(route.strategy)
+}
+
+fn try_pick(gw: &Gateway, route: &Route, key: &str, tried: &[String]) -> Pick {
+    let board_queue = gw.config.board_queue;
+    let mut loads = gw.loads();
+    let candidates: Vec<Candidate> = route
+        .replicas
+        .iter()
+        .filter(|r| !tried.contains(&r.board))
+        .filter(|r| loads.boards.get(&r.board).is_none_or(|b| b.routable()))
+        .map(|r| {
+            let b = loads.boards.get(&r.board);
+            Candidate {
+                board: r.board.clone(),
+                in_flight: b.map_or(0, |b| b.in_flight(&route.model)),
+                queued: b.map_or(0, |b| b.others(&route.model)),
+                slots: r.slots,
+            }
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Pick::NoBoard;
+    }
+    let open = |c: &Candidate| c.in_flight + c.queued < c.slots + board_queue;
+    let turn = gw.next_turn(&route.key);
+    let ask = Ask { key, turn };
+    let mut random = || gw.random();
+    let Some((i, reason)) = policy::pick(route.strategy, &candidates, ask, &mut random) else {
+        return Pick::NoBoard;
+    };
+    let (board, reason) = if open(&candidates[i]) {
+        (candidates[i].board.clone(), reason)
+    } else {
+        let free: Vec<Candidate> = candidates.iter().filter(|c| open(c)).cloned().collect();
+        match policy::pick(route.strategy, &free, ask, &mut random) {
+            Some((j, r)) => {
+                let r = if route.strategy == RoutingStrategy::PrefixAffinity { Reason::SpillOver } else { r };
+                (free[j].board.clone(), r)
+            }
+            None => return Pick::Full,
+        }
+    };
+    loads.board(&board).start(&route.model);
+    let endpoint = route.replicas.iter().find(|r| r.board == board).map(|r| r.endpoint.clone()).unwrap_or_default();
+    Pick::Chosen { board, endpoint, reason }
+}
+
+/// A waiting place in a model's queue; leaving it (drop) updates the count.
+struct Waiting<'a> {
+    gw: &'a Gateway,
+    queue: Arc<Queue>,
+    model: String,
+    since: Instant,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.gw.metrics.queued(&self.model, -1);
+        self.gw.metrics.waited(&self.model, self.since.elapsed().as_secs_f64());
+    }
+}
+
+/// Why no replica can serve a route: the 503 message.
+pub fn no_replica_message(name: &str, route: &Route) -> String {
+    if route.desired == 0 {
+        format!("model '{name}' is scaled to zero ({} has replicas: 0)", route.key)
+    } else {
+        format!(
+            "model '{name}' has no Ready replica yet ({} wants {}); `kubectl describe modeldeployment -n {}` says why",
+            route.key,
+            route.desired,
+            route.key.replace('/', " ")
+        )
+    }
+}
+
+/// A board for the request for `name`, waiting in the model's queue until `deadline` if every
+/// board is busy. `tried` are the boards this request already failed on.
+pub async fn acquire(
+    gw: &Arc<Gateway>,
+    name: &str,
+    key: &str,
+    tried: &[String],
+    deadline: Instant,
+) -> Result<Slot, ApiError> {
+    let mut waiting: Option<Waiting<'_>> = None;
+    loop {
+        let table = gw.table();
+        let route = table.lookup(name).ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))?;
+        if route.replicas.is_empty() {
+            return Err(ApiError::Unavailable(no_replica_message(name, route)));
+        }
+        let queue = gw.queue(&route.key);
+        let notified = queue.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Newcomers do not overtake requests already waiting.
+        let may_pick = waiting.is_some() || queue.waiting.load(Ordering::SeqCst) == 0;
+        let pick = if may_pick { try_pick(gw, route, key, tried) } else { Pick::Full };
+        match pick {
+            Pick::Chosen { board, endpoint, reason } => {
+                drop(waiting);
+                return Ok(Slot {
+                    gw: gw.clone(),
+                    route_key: route.key.clone(),
+                    model: route.model.clone(),
+                    board,
+                    endpoint,
+                    reason,
+                });
+            }
+            Pick::NoBoard if route.replicas.iter().all(|r| tried.contains(&r.board)) => {
+                return Err(ApiError::Unavailable(format!(
+                    "every board serving '{name}' failed this request ({})",
+                    tried.join(", ")
+                )));
+            }
+            Pick::NoBoard | Pick::Full => {}
+        }
+        if waiting.is_none() {
+            let depth = queue.waiting.fetch_add(1, Ordering::SeqCst);
+            gw.metrics.queued(&route.model, 1);
+            let w = Waiting { gw, queue: queue.clone(), model: route.model.clone(), since: Instant::now() };
+            if depth >= i64::try_from(gw.config.queue_depth).unwrap_or(i64::MAX) {
+                drop(w);
+                return Err(ApiError::Overloaded(format!(
+                    "every board serving '{name}' is busy and {depth} requests already wait for one"
+                )));
+            }
+            waiting = Some(w);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(match pick {
+                Pick::NoBoard => ApiError::Unavailable(format!(
+                    "no healthy board serves '{name}' now: its boards failed and are being probed"
+                )),
+                _ => ApiError::Overloaded(format!(
+                    "every board serving '{name}' stayed busy for {} s",
+                    gw.config.queue_timeout.as_secs()
+                )),
+            });
+        }
+        // Woken by a finished request, a report or a table change; the timer is a backstop.
+        let nap = (deadline - now).min(gw.config.poll_interval.max(Duration::from_millis(50)));
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep(nap) => {}
+        }
+    }
+}

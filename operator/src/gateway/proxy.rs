@@ -1,0 +1,370 @@
+//! Forwarding one request to a board and its answer back, unbuffered.
+//!
+//! The body is read once (it must be, to find the model), then sent as is. The gateway waits for
+//! the board's status and first body chunk before it answers the client: until then nothing has
+//! reached the client, so a connect error, a cut connection, a 429 or 503 (the board is full or
+//! starting) or a 404 (the board dropped the model since the table was built) sends the request
+//! to the next board by the same policy — at most `retries` times within `retry_budget`. After
+//! the first byte, never. The rest streams chunk by chunk; the client going away drops the
+//! stream, which closes the connection to the board, which aborts the generation there.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use api_types::{ApiError, error::shape_for_path, request_id};
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::Response,
+};
+use bytes::Bytes;
+use crds::RoutingStrategy;
+use futures::{Stream, StreamExt, stream::BoxStream};
+use serde_json::Value;
+
+use super::{
+    Gateway,
+    auth::Grant,
+    dispatch::{self, Slot},
+    prefix::{ROUTING_KEY_HEADER, affinity_key},
+};
+
+/// Response header naming the board that answered.
+pub static BOARD_HEADER: HeaderName = HeaderName::from_static("x-rockchip-llama-board");
+
+/// Request headers passed on to the board (the rest are the client's business with the gateway).
+const FORWARDED: [&str; 5] = ["content-type", "accept", "user-agent", "traceparent", "tracestate"];
+
+/// Response headers not passed back: hop-by-hop ones, and the request id the gateway sets itself.
+const DROPPED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "x-request-id",
+];
+
+/// Why an attempt failed before its first byte.
+struct Failed {
+    cause: &'static str,
+    detail: String,
+    /// The board answered (429/503/404): kept to pass on if no other board can take the request.
+    answer: Option<(StatusCode, HeaderMap, Bytes)>,
+}
+
+type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+
+/// The board's status, headers and first chunk, with the rest of the body to stream.
+struct Committed {
+    status: StatusCode,
+    headers: HeaderMap,
+    first: Option<Bytes>,
+    rest: Upstream,
+}
+
+fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for name in FORWARDED {
+        if let Some(v) = client.get(name) {
+            h.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Some(id) = request_id::current().and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
+        h.insert(request_id::HEADER.clone(), id);
+    }
+    match &gw.config.cluster_token {
+        Some(token) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                h.insert(header::AUTHORIZATION, v);
+            }
+        }
+        // No cluster token: boards that share the clients' keys still see the client's.
+        None => {
+            if let Some(v) = client.get(header::AUTHORIZATION) {
+                h.insert(header::AUTHORIZATION, v.clone());
+            }
+        }
+    }
+    h
+}
+
+async fn attempt(gw: &Gateway, slot: &Slot, path: &str, headers: HeaderMap, body: Bytes) -> Result<Committed, Failed> {
+    let failed = |cause, e: &dyn std::fmt::Display| Failed { cause, detail: e.to_string(), answer: None };
+    let resp = gw
+        .http
+        .post(format!("{}{path}", slot.endpoint))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| failed(if e.is_connect() { "connect" } else { "send" }, &e))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND) {
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let cause = match status {
+            StatusCode::TOO_MANY_REQUESTS => "busy",
+            StatusCode::NOT_FOUND => "not_found",
+            _ => "unavailable",
+        };
+        return Err(Failed { cause, detail: format!("HTTP {status}"), answer: Some((status, headers, bytes)) });
+    }
+    let mut rest = resp.bytes_stream().boxed();
+    match rest.next().await {
+        Some(Err(e)) => Err(failed("cut", &e)),
+        first => Ok(Committed { status, headers, first: first.and_then(Result::ok), rest }),
+    }
+}
+
+/// Forwards one POST whose JSON body names a model (chat, completions, embeddings, show).
+pub async fn forward(gw: Arc<Gateway>, path: String, headers: HeaderMap, body: Bytes, grant: Grant) -> Response {
+    let shape = shape_for_path(&path);
+    match forward_inner(&gw, &path, &headers, body, &grant).await {
+        Ok(resp) => resp,
+        Err((model, e)) => {
+            let resp = e.into_response_as(shape);
+            gw.metrics.request(&model, "", resp.status().as_u16());
+            resp
+        }
+    }
+}
+
+async fn forward_inner(
+    gw: &Arc<Gateway>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    grant: &Grant,
+) -> Result<Response, (String, ApiError)> {
+    let unknown = || "unknown".to_owned();
+    let parsed: Value = serde_json::from_slice(&body)
+        .map_err(|e| (unknown(), ApiError::bad("body", format!("the request body is not valid JSON: {e}"))))?;
+    let Some(name) = parsed.get("model").and_then(Value::as_str).map(str::to_owned) else {
+        let hint = "'model' is required: the name of a model this cluster serves (GET /v1/models lists them)";
+        return Err((unknown(), ApiError::bad("model", hint)));
+    };
+    if !grant.allows(&name) {
+        return Err((unknown(), ApiError::Forbidden(format!("this API key may not use model '{name}'"))));
+    }
+    let table = gw.table();
+    let route = table.lookup(&name).ok_or_else(|| (unknown(), ApiError::ModelNotFound(name.clone())))?;
+    let model = route.model.clone();
+    let policy = dispatch::policy_label(route);
+    let key = if route.strategy == RoutingStrategy::PrefixAffinity {
+        let header = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+        affinity_key(header, &parsed, route.prefix_chars)
+    } else {
+        String::new()
+    };
+    drop(table);
+    let started = Instant::now();
+    let queue_deadline = started + gw.config.queue_timeout;
+    let retry_deadline = started + gw.config.retry_budget;
+    let mut tried: Vec<String> = Vec::new();
+    let mut last_answer = None;
+    loop {
+        let slot = match dispatch::acquire(gw, &name, &key, &tried, queue_deadline).await {
+            Ok(slot) => slot,
+            // No other board to try: the last board's own refusal says more than ours.
+            Err(e) => return last_answer.map(|a| Ok(passthrough(a))).unwrap_or(Err((model, e))),
+        };
+        let reason = if tried.is_empty() { slot.reason.as_str() } else { "retry" };
+        gw.metrics.decision(policy, &model, &slot.board, reason);
+        let rid = request_id::current().map(|r| r.to_string()).unwrap_or_default();
+        tracing::debug!(request_id = %rid, model = %model, board = %slot.board, reason, "gateway: routed");
+        match attempt(gw, &slot, path, upstream_headers(gw, headers), body.clone()).await {
+            Ok(c) => {
+                gw.loads().board(&slot.board).on_success();
+                gw.metrics.first_byte(&model, &slot.board, started.elapsed().as_secs_f64());
+                return Ok(commit(gw.clone(), slot, c, started));
+            }
+            Err(f) => {
+                let board = slot.board.clone();
+                if f.answer.is_none() {
+                    let ejected = gw.loads().board(&board).on_failure(Instant::now(), gw.config.eject_after);
+                    if ejected {
+                        tracing::warn!(%board, error = %f.detail, "gateway: board ejected (requests failed)");
+                        gw.metrics.ejected(&board);
+                    }
+                }
+                tracing::info!(request_id = %rid, %board, cause = f.cause, error = %f.detail,
+                               "gateway: board failed before the first byte; trying another");
+                gw.metrics.retry(&model, &board, f.cause);
+                drop(slot);
+                tried.push(board);
+                last_answer = f.answer.or(last_answer);
+                let out_of_tries = tried.len() > gw.config.retries as usize || Instant::now() >= retry_deadline;
+                if out_of_tries {
+                    return match last_answer {
+                        Some(a) => Ok(passthrough(a)),
+                        None => Err((
+                            model,
+                            ApiError::Upstream(format!(
+                                "the boards serving '{name}' failed before answering ({}: {})",
+                                tried.join(", "),
+                                f.detail
+                            )),
+                        )),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !DROPPED.contains(&name.as_str()) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn passthrough((status, headers, bytes): (StatusCode, HeaderMap, Bytes)) -> Response {
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    copy_headers(&headers, resp.headers_mut());
+    resp
+}
+
+fn commit(gw: Arc<Gateway>, slot: Slot, c: Committed, started: Instant) -> Response {
+    let Committed { status, headers, first, rest } = c;
+    gw.metrics.request(&slot.model, &slot.board, status.as_u16());
+    let board = HeaderValue::from_str(&slot.board).ok();
+    let tracked = Tracked { gw, slot: Some(slot), first, rest, started, tail: Vec::new(), ended: false };
+    let mut resp = Response::new(Body::from_stream(tracked));
+    *resp.status_mut() = status;
+    copy_headers(&headers, resp.headers_mut());
+    if let Some(b) = board {
+        resp.headers_mut().insert(BOARD_HEADER.clone(), b);
+    }
+    resp
+}
+
+/// Bytes of the answer's end kept to read its token counts from.
+const TAIL: usize = 2048;
+
+/// The answer streaming to the client. Holds the board's slot until the end (or the client's
+/// departure, which drops it).
+struct Tracked {
+    gw: Arc<Gateway>,
+    slot: Option<Slot>,
+    first: Option<Bytes>,
+    rest: Upstream,
+    started: Instant,
+    tail: Vec<u8>,
+    ended: bool,
+}
+
+impl Tracked {
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > TAIL * 2 {
+            self.tail.drain(..self.tail.len() - TAIL);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some(slot) = self.slot.take() {
+            let m = &self.gw.metrics;
+            m.done(&slot.model, &slot.board, self.started.elapsed().as_secs_f64());
+            let (prompt, completion) = token_counts(&self.tail);
+            if let Some(n) = prompt {
+                m.tokens(&slot.model, &slot.board, "prompt", n);
+            }
+            if let Some(n) = completion {
+                m.tokens(&slot.model, &slot.board, "completion", n);
+            }
+        }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            self.keep_tail(&first);
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rest.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.keep_tail(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The board went away mid-answer: nothing to retry; the client sees the cut.
+                if let Some(slot) = &self.slot {
+                    tracing::warn!(board = %slot.board, error = %e, "gateway: answer cut by the board");
+                    let ejected =
+                        self.gw.loads().board(&slot.board).on_failure(Instant::now(), self.gw.config.eject_after);
+                    if ejected {
+                        self.gw.metrics.ejected(&slot.board);
+                    }
+                }
+                self.finish();
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.ended
+            && let Some(slot) = &self.slot
+        {
+            tracing::info!(board = %slot.board, model = %slot.model, "gateway: client left mid-answer; closing the board's stream");
+            self.gw.metrics.disconnect(&slot.model, &slot.board);
+        }
+    }
+}
+
+/// The last value of a `"name":<digits>` field in `text`.
+fn last_number(text: &str, field: &str) -> Option<u64> {
+    let at = text.rfind(field)? + field.len();
+    let digits: String = text[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// (prompt, completion) tokens from the end of an answer: OpenAI's `usage` or Ollama's counts.
+fn token_counts(tail: &[u8]) -> (Option<u64>, Option<u64>) {
+    let text = String::from_utf8_lossy(tail);
+    let prompt = last_number(&text, "\"prompt_tokens\":").or_else(|| last_number(&text, "\"prompt_eval_count\":"));
+    let completion = last_number(&text, "\"completion_tokens\":").or_else(|| last_number(&text, "\"eval_count\":"));
+    (prompt, completion)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_counts_from_either_api() {
+        let oai = br#"data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens": 7,"total_tokens":19}}
+
+data: [DONE]
+"#;
+        assert_eq!(token_counts(oai), (Some(12), Some(7)));
+        let ollama = br#"{"model":"m","done":true,"prompt_eval_count":30,"eval_count":5}"#;
+        assert_eq!(token_counts(ollama), (Some(30), Some(5)), "prompt_eval_count is not eval_count");
+        assert_eq!(token_counts(b"data: {\"choices\":[]}\n"), (None, None));
+    }
+}
