@@ -1,4 +1,6 @@
-"""The official `openai` Python client against a live agent (OpenAI-compatible routes under /v1)."""
+"""The official `openai` Python client against a live agent (OpenAI-compatible routes under /v1),
+or against an external server such as the gateway (COMPAT_URL, conftest.py): every test here runs
+there too."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def assert_usage(u, max_completion: int | None = None):
 
 
 def test_models_list(oai, model):
+    """The model is listed (a server may list more: the gateway lists aliases too), each id once."""
     models = list(oai.models.list())
     ids = [m.id for m in models]
     assert model in ids, ids
