@@ -8,6 +8,7 @@ CACHE ?= $(HOME)/.cache/rockchip-llama
 # Build outputs live outside the clone so fresh clones (and CI) reuse them.
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 AGENT := $(CARGO_TARGET_DIR)/release/rockchip-llama-agent
+OPERATOR := $(CARGO_TARGET_DIR)/release/rockchip-llama-operator
 LISTEN ?= 127.0.0.1:8080
 DEFAULT_MODEL ?= smollm2-135m-instruct
 step = @printf '\n==> %s\n' "$(1)"
@@ -54,14 +55,19 @@ lint: deps
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cargo clippy --release -p rkllm-sim --features abi13 --all-targets --target-dir $(CARGO_TARGET_DIR)/rkllm-sim-1.3 -- -D warnings
 
-# The committed OpenAPI document must match what the code generates.
+# The committed OpenAPI documents (agent, gateway) must match what the code generates.
 check-openapi: build
-	$(call step,OpenAPI drift check)
+	$(call step,OpenAPI drift check (agent and gateway))
+	cargo build --release -p rockchip-llama-operator
 	@$(AGENT) openapi | diff -u docs/openapi.json - \
 	  || { echo "docs/openapi.json is stale: run 'make generate-openapi'"; exit 1; }
+	@$(OPERATOR) openapi | diff -u docs/openapi-gateway.json - \
+	  || { echo "docs/openapi-gateway.json is stale: run 'make generate-openapi'"; exit 1; }
 
 generate-openapi: build
+	cargo build --release -p rockchip-llama-operator
 	$(AGENT) openapi > docs/openapi.json
+	$(OPERATOR) openapi > docs/openapi-gateway.json
 
 test-rust: deps
 	$(call step,fetching test models)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The cluster tier of `make test`: a real kube-apiserver, the operator and three simulated boards
-# (hack/testcluster.sh up --boards 3; board-3 is an RK3576 with 4 GiB), then tests/cluster/run.py drives
-# ModelDeployments through their life and checks boards, stores and the origin's log. The cluster
-# is torn down on exit, failure included; its logs are printed on failure.
+# The cluster tier of `make test`, in two clusters, each a real kube-apiserver, the operator and
+# three simulated boards (hack/testcluster.sh up --boards 3):
+#   1. controller: board-3 is an RK3576 with 4 GiB; tests/cluster/run.py drives ModelDeployments
+#      through their life and checks boards, stores and the origin's log;
+#   2. gateway: three RK3588 boards that require the cluster token, gateway client keys and a
+#      short gateway queue; tests/cluster/gateway.py routes, fails and overloads through it.
+# Each cluster is torn down after its tests and on exit, failure included; logs printed on failure.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,8 +42,20 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+export KUBECONFIG
+log "cluster 1 of 2: the controller"
 hack/testcluster.sh up --boards 3 >"$WORK/up.out"
 cat "$WORK/up.out"
-export KUBECONFIG
 KUBECONFIG="$(sed -n 's/^KUBECONFIG=//p' "$WORK/up.out")"
 timeout 1200 python3 tests/cluster/run.py "$WORK/up.out"
+hack/testcluster.sh down
+
+log "cluster 2 of 2: the gateway"
+unset TESTCLUSTER_BOARD_SOCS TESTCLUSTER_BOARD_MEM_GIB TESTCLUSTER_STORE_BUDGET
+export TESTCLUSTER_REQUIRE_TOKEN=1
+export TESTCLUSTER_GATEWAY_KEYS=$'gw-test-key\ngw-limited-key smollm2'
+export TESTCLUSTER_GATEWAY_ARGS="--queue-depth 4"
+hack/testcluster.sh up --boards 3 >"$WORK/up.out"
+cat "$WORK/up.out"
+KUBECONFIG="$(sed -n 's/^KUBECONFIG=//p' "$WORK/up.out")"
+timeout 1500 python3 tests/cluster/gateway.py "$WORK/up.out"

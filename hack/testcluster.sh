@@ -8,8 +8,9 @@
 #                                origin HTTP server holding the test models, and N simulated boards
 #                                (agents in cluster mode, each with its own copy of the fixture
 #                                sysfs tree, store and port; llama.cpp for .gguf, rkllm-sim for
-#                                .rkllm). Prints KUBECONFIG=, ORIGIN=<base URL>, ORIGIN_DIR=, and
-#                                one `BOARD <name> <endpoint> <pid>` line per board.
+#                                .rkllm). Prints KUBECONFIG=, ORIGIN=<base URL>, ORIGIN_DIR=,
+#                                GATEWAY=<base URL> (the operator's gateway), CLUSTER_TOKEN_FILE=,
+#                                and one `BOARD <name> <endpoint> <pid>` line per board.
 #   hack/testcluster.sh board-stop NAME [KILL]   stop one board's agent (SIGTERM, or SIGKILL)
 #   hack/testcluster.sh board-start NAME         start it again with the same flags
 #   hack/testcluster.sh down     stop exactly the processes `up` started and remove the directory
@@ -21,6 +22,11 @@
 # so lease expiry is quick to test; real boards use 40); TESTCLUSTER_STORE_BUDGET their
 # --store-budget (default unset). The operator and agent binaries come from $CARGO_TARGET_DIR
 # (built by `make cluster BOARDS=N`).
+#
+# Gateway: TESTCLUSTER_GATEWAY_KEYS, when set, is the gateway's client key list (docs/gateway.md
+# has the format; written to a file passed as --api-key-file); TESTCLUSTER_GATEWAY_ARGS adds
+# operator flags (e.g. "--queue-depth 8"); TESTCLUSTER_REQUIRE_TOKEN=1 starts the agents with
+# --require-cluster-token (only the gateway and peers, which carry the cluster token, get in).
 #
 # TESTCLUSTER_APISERVER_ARGS adds kube-apiserver flags (e.g. --feature-gates=...).
 # TESTCLUSTER_DIR picks the directory that holds certificates, data, logs and PIDs (default
@@ -301,8 +307,21 @@ boards_up() { # n k8s-bin-dir
     echo "ORIGIN_DIR=$DIR/origin"
   } >>"$DIR/out"
 
-  log "starting the operator"
-  start operator "$TARGET/rockchip-llama-operator" run --namespace "$NS" >/dev/null
+  log "starting the operator and its gateway"
+  local gw_port op_args op_pid extra=()
+  gw_port="$(free_port)"
+  op_args=(run --namespace "$NS" --gateway-listen "127.0.0.1:$gw_port" --cluster-token-file "$DIR/cluster-token")
+  if [[ -n "${TESTCLUSTER_GATEWAY_KEYS:-}" ]]; then
+    printf '%s\n' "$TESTCLUSTER_GATEWAY_KEYS" >"$DIR/gateway-keys"
+    op_args+=(--api-key-file "$DIR/gateway-keys")
+  fi
+  read -r -a extra <<<"${TESTCLUSTER_GATEWAY_ARGS:-}"
+  op_pid="$(start operator "$TARGET/rockchip-llama-operator" "${op_args[@]}" "${extra[@]}")"
+  wait_http operator "$op_pid" 60 "http://127.0.0.1:$gw_port/readyz"
+  {
+    echo "GATEWAY=http://127.0.0.1:$gw_port"
+    echo "CLUSTER_TOKEN_FILE=$DIR/cluster-token"
+  } >>"$DIR/out"
 
   local socs=() mems=()
   read -r -a socs <<<"${TESTCLUSTER_BOARD_SOCS:-}"
@@ -329,6 +348,9 @@ boards_up() { # n k8s-bin-dir
       --cluster --node-name "$name" --advertise-url "http://127.0.0.1:$port" --namespace "$NS"
       --cluster-token-file "$DIR/cluster-token" --lease-duration "${TESTCLUSTER_LEASE:-8}"
       --rkllm-lib "$(head -n1 <<<"$sim")" --threads 1 --shutdown-grace 5 --fetch-stall-timeout 3)
+    if [[ "${TESTCLUSTER_REQUIRE_TOKEN:-0}" == 1 ]]; then
+      args+=(--require-cluster-token)
+    fi
     if [[ -n "${TESTCLUSTER_STORE_BUDGET:-}" ]]; then
       args+=(--store-budget "$TESTCLUSTER_STORE_BUDGET")
     fi

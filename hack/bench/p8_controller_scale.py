@@ -509,7 +509,7 @@ def run(args) -> dict:
         renewer.start()
 
         port = free_port()
-        cmd = [str(operator), "run", "--namespace", NS, "--metrics-listen", f"127.0.0.1:{port}",
+        cmd = [str(operator), "run", "--no-gateway", "--namespace", NS, "--metrics-listen", f"127.0.0.1:{port}",
                "--identity", "p8-bench"]
         log("operator: " + " ".join(cmd[1:]))
         with open(op_log, "wb") as f:

@@ -172,8 +172,9 @@ pub async fn acquire(
         let notified = queue.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        // Newcomers do not overtake requests already waiting.
-        let may_pick = waiting.is_some() || queue.waiting.load(Ordering::SeqCst) == 0;
+        // Newcomers do not overtake requests already waiting; a retry was admitted already.
+        let retry = !tried.is_empty();
+        let may_pick = waiting.is_some() || retry || queue.waiting.load(Ordering::SeqCst) == 0;
         let pick = if may_pick { try_pick(gw, route, key, tried) } else { Pick::Full };
         match pick {
             Pick::Chosen { board, endpoint, reason } => {
@@ -199,7 +200,8 @@ pub async fn acquire(
             let depth = queue.waiting.fetch_add(1, Ordering::SeqCst);
             gw.metrics.queued(&route.model, 1);
             let w = Waiting { gw, queue: queue.clone(), model: route.model.clone(), since: Instant::now() };
-            if depth >= i64::try_from(gw.config.queue_depth).unwrap_or(i64::MAX) {
+            // A retry was admitted once; it is not refused for the queue's length now.
+            if !retry && depth >= i64::try_from(gw.config.queue_depth).unwrap_or(i64::MAX) {
                 drop(w);
                 return Err(ApiError::Overloaded(format!(
                     "every board serving '{name}' is busy and {depth} requests already wait for one"

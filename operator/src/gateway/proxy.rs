@@ -130,6 +130,8 @@ pub async fn forward(gw: Arc<Gateway>, path: String, headers: HeaderMap, body: B
     match forward_inner(&gw, &path, &headers, body, &grant).await {
         Ok(resp) => resp,
         Err((model, e)) => {
+            let rid = request_id::current().map(|r| r.to_string()).unwrap_or_default();
+            tracing::info!(request_id = %rid, model = %model, error = %e, "gateway: refused");
             let resp = e.into_response_as(shape);
             gw.metrics.request(&model, "", resp.status().as_u16());
             resp
@@ -183,7 +185,10 @@ async fn forward_inner(
         match attempt(gw, &slot, path, upstream_headers(gw, headers), body.clone()).await {
             Ok(c) => {
                 gw.loads().board(&slot.board).on_success();
-                gw.metrics.first_byte(&model, &slot.board, started.elapsed().as_secs_f64());
+                let ttfb = started.elapsed();
+                gw.metrics.first_byte(&model, &slot.board, ttfb.as_secs_f64());
+                tracing::info!(request_id = %rid, model = %model, board = %slot.board, status = c.status.as_u16(),
+                               first_byte_ms = ttfb.as_millis() as u64, retries = tried.len(), "gateway: proxied");
                 return Ok(commit(gw.clone(), slot, c, started));
             }
             Err(f) => {
