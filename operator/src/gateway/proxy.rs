@@ -172,11 +172,19 @@ async fn forward_inner(
     let retry_deadline = started + gw.config.retry_budget;
     let mut tried: Vec<String> = Vec::new();
     let mut last_answer = None;
+    let mut last_failure: Option<String> = None;
     loop {
         let slot = match dispatch::acquire(gw, &name, &key, &tried, queue_deadline).await {
             Ok(slot) => slot,
-            // No other board to try: the last board's own refusal says more than ours.
-            Err(e) => return last_answer.map(|a| Ok(passthrough(a))).unwrap_or(Err((model, e))),
+            // No other board to try: the last board's own refusal says more than ours, and a
+            // connection failure on every board is the boards' failure (502), not a refusal.
+            Err(e) => {
+                return match (last_answer, last_failure) {
+                    (Some(a), _) => Ok(passthrough(a)),
+                    (None, Some(detail)) => Err((model, failed_everywhere(&name, &tried, &detail))),
+                    (None, None) => Err((model, e)),
+                };
+            }
         };
         let reason = if tried.is_empty() { slot.reason.as_str() } else { "retry" };
         gw.metrics.decision(policy, &model, &slot.board, reason);
@@ -205,24 +213,24 @@ async fn forward_inner(
                 gw.metrics.retry(&model, &board, f.cause);
                 drop(slot);
                 tried.push(board);
+                if f.answer.is_none() {
+                    last_failure = Some(f.detail.clone());
+                }
                 last_answer = f.answer.or(last_answer);
                 let out_of_tries = tried.len() > gw.config.retries as usize || Instant::now() >= retry_deadline;
                 if out_of_tries {
                     return match last_answer {
                         Some(a) => Ok(passthrough(a)),
-                        None => Err((
-                            model,
-                            ApiError::Upstream(format!(
-                                "the boards serving '{name}' failed before answering ({}: {})",
-                                tried.join(", "),
-                                f.detail
-                            )),
-                        )),
+                        None => Err((model, failed_everywhere(&name, &tried, &f.detail))),
                     };
                 }
             }
         }
     }
+}
+
+fn failed_everywhere(name: &str, tried: &[String], detail: &str) -> ApiError {
+    ApiError::Upstream(format!("the boards serving '{name}' failed before answering ({}: {detail})", tried.join(", ")))
 }
 
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
