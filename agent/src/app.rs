@@ -74,8 +74,12 @@ pub struct AgentConfig {
     pub board: BoardArgs,
     /// Model store limits and download behaviour.
     pub store: StoreOptions,
-    /// Token peers present to read blobs (and this agent presents to them).
+    /// Token peers present to read blobs (and this agent presents to them). The gateway presents
+    /// it too, so wherever the API needs a key it is accepted as one.
     pub cluster_token: Option<String>,
+    /// Refuse API requests carrying neither the cluster token nor a client key, even with no
+    /// `--api-key-file`: only the gateway and peers get through.
+    pub require_cluster_token: bool,
     /// Cluster mode, when on.
     pub cluster: Option<ClusterConfig>,
 }
@@ -87,6 +91,8 @@ pub enum AgentError {
     Models(#[from] OpenError),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    #[error("--require-cluster-token needs a cluster token: set --cluster-token-file to a non-empty file")]
+    NoClusterToken,
     #[error(transparent)]
     Npu(#[from] NpuError),
     #[error("--engine rkllm: {0}")]
@@ -148,6 +154,8 @@ impl Agent {
         engines: Engines,
         runtime: RuntimeState,
     ) -> Result<Self, AgentError> {
+        let cluster_token = config.cluster_token.as_deref().and_then(ApiKeys::parse).map(Arc::new);
+        let keys = api_keys(&config, cluster_token.as_deref())?.map(Arc::new);
         let nofile = board::raise_nofile(board::VENDOR_NOFILE);
         if nofile.after_soft < board::VENDOR_NOFILE && engines.rkllm.is_ok() {
             tracing::warn!(
@@ -163,7 +171,6 @@ impl Agent {
             );
         }
         let node = Arc::new(Node::new(&config.board, info, nofile)?);
-        let keys = config.api_key_file.as_deref().map(ApiKeys::load).transpose()?.map(Arc::new);
         let host = node.host();
         let opts = SchedOptions {
             parallel: config.parallel,
@@ -210,7 +217,7 @@ impl Agent {
             ready: Arc::new(AtomicBool::new(false)),
             node: Arc::clone(&node),
             runtime,
-            cluster_token: config.cluster_token.as_deref().and_then(ApiKeys::parse).map(Arc::new),
+            cluster_token,
             vllm: Arc::default(),
         };
         Ok(Self {
@@ -369,6 +376,22 @@ impl Agent {
         let listener = TcpListener::bind(listen).await.map_err(|source| AgentError::Bind { addr: listen, source })?;
         agent.serve(listener, shutdown_signal()).await
     }
+}
+
+/// The keys the API accepts; `None` leaves it open. With client keys the cluster token is one
+/// more (the gateway proxies with it); `--require-cluster-token` closes the API to anyone without
+/// the token or a client key, also when there are no client keys.
+fn api_keys(config: &AgentConfig, token: Option<&ApiKeys>) -> Result<Option<ApiKeys>, AgentError> {
+    if config.require_cluster_token && token.is_none() {
+        return Err(AgentError::NoClusterToken);
+    }
+    let client = config.api_key_file.as_deref().map(ApiKeys::load).transpose()?;
+    Ok(match (client, token) {
+        (Some(client), Some(token)) => Some(client.merged(token)),
+        (Some(client), None) => Some(client),
+        (None, Some(token)) if config.require_cluster_token => Some(token.clone()),
+        (None, _) => None,
+    })
 }
 
 /// The engines for `--engine`, and the runtime's state for the status endpoint.

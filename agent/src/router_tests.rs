@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::{
-    app::{Agent, AgentConfig, EngineChoice},
+    app::{Agent, AgentConfig, AgentError, EngineChoice},
     config::Config,
     engine::{EngineError, mock::MockEngine},
     keepalive::KeepAlive,
@@ -40,6 +40,11 @@ impl Drop for Harness {
 }
 
 fn harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Harness {
+    try_harness_with(engine, tweak).unwrap()
+}
+
+/// The harness, or why the agent refused to start (its directory is removed either way).
+fn try_harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Result<Harness, AgentError> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("rl-api-test-{}-{n}", std::process::id()));
@@ -68,6 +73,7 @@ fn harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Har
         },
         store: crate::store::StoreOptions::default(),
         cluster_token: None,
+        require_cluster_token: false,
         cluster: None,
     };
     tweak(&mut config);
@@ -75,13 +81,19 @@ fn harness_with(engine: MockEngine, tweak: impl FnOnce(&mut AgentConfig)) -> Har
     let engines = Engines { llama: Some(Arc::new(engine)), rkllm: Err("not in these tests".into()) };
     let info = board::BoardInfo::detect(&board::Sysfs::new(&config.board.sysfs_root));
     let runtime = RuntimeState { rkllm: None, reason: Some("mock".into()) };
-    let agent = Agent::with_engines(config, info, engines, runtime).unwrap();
+    let agent = match Agent::with_engines(config, info, engines, runtime) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     for name in [MODEL, "other-model"] {
         let e = ModelEntry::unscanned(name, dir.join(format!("{name}.gguf")), Format::Gguf, size, &Config::default());
         agent.registry.insert(e);
     }
     let router = agent.router();
-    Harness { agent, router, dir }
+    Ok(Harness { agent, router, dir })
 }
 
 fn harness(engine: MockEngine) -> Harness {
@@ -220,6 +232,91 @@ async fn api_keys_guard_everything_but_health() {
     for open in ["/healthz", "/"] {
         assert_eq!(call(&h.router, Request::get(open).body(Body::empty()).unwrap()).await.0, StatusCode::OK);
     }
+}
+
+fn get_as(path: &str, key: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(path);
+    if let Some(k) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+/// `--require-cluster-token`: only the token (the gateway's and peers') gets in, refused callers
+/// get a 401 in their API's shape, and the probes stay open.
+#[tokio::test]
+async fn the_cluster_token_can_be_required() {
+    let h = harness_with(MockEngine::default(), |c| {
+        c.cluster_token = Some("tok".into());
+        c.require_cluster_token = true;
+    });
+    for key in [None, Some("wrong")] {
+        let (s, _, b) = call(&h.router, get_as("/v1/models", key)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["error"]["code"], "invalid_api_key", "{b}");
+        let (s, _, b) = call(&h.router, get_as("/api/tags", key)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(serde_json::from_str::<Value>(&b).unwrap()["error"].is_string(), "Ollama's shape: {b}");
+        assert_eq!(call(&h.router, get_as("/internal/v1/load", key)).await.0, StatusCode::UNAUTHORIZED);
+    }
+    for path in ["/v1/models", "/api/tags", "/internal/v1/load"] {
+        assert_eq!(call(&h.router, get_as(path, Some("tok"))).await.0, StatusCode::OK, "{path}");
+    }
+    for open in ["/healthz", "/"] {
+        assert_eq!(call(&h.router, get_as(open, None)).await.0, StatusCode::OK, "{open}");
+    }
+    assert_ne!(call(&h.router, get_as("/readyz", None)).await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// With client keys the cluster token is one more key; without either flag a token alone
+/// leaves the API open (it only guards blobs).
+#[tokio::test]
+async fn the_cluster_token_passes_where_client_keys_do() {
+    let h = harness_with(MockEngine::default(), |c| {
+        let f = c.models.models_dir.join("keys");
+        std::fs::write(&f, "k1\n").unwrap();
+        c.api_key_file = Some(f);
+        c.cluster_token = Some("tok".into());
+    });
+    for (key, want) in [(None, 401), (Some("nope"), 401), (Some("k1"), 200), (Some("tok"), 200)] {
+        assert_eq!(call(&h.router, get_as("/v1/models", key)).await.0.as_u16(), want, "{key:?}");
+    }
+    let open = harness_with(MockEngine::default(), |c| c.cluster_token = Some("tok".into()));
+    assert_eq!(call(&open.router, get_as("/v1/models", None)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn requiring_the_cluster_token_without_one_is_a_start_up_error() {
+    let Err(e) = try_harness_with(MockEngine::default(), |c| c.require_cluster_token = true) else {
+        panic!("started without a cluster token");
+    };
+    assert!(matches!(e, AgentError::NoClusterToken), "{e}");
+    assert!(e.to_string().contains("--cluster-token-file"), "{e}");
+}
+
+/// `/internal/v1/load`, the gateway's poll: a generating request shows as running, and is gone
+/// once it ends.
+#[tokio::test]
+async fn load_reports_running_requests_per_resident_model() {
+    let mut engine = MockEngine::replying(&["a"; 2000]);
+    engine.per_token = Duration::from_millis(20);
+    let h = harness_with(engine, |c| c.parallel = 2);
+    let load = || async {
+        let (s, _, b) = call(&h.router, get_as("/internal/v1/load", None)).await;
+        assert_eq!(s, StatusCode::OK);
+        serde_json::from_str::<Value>(&b).unwrap()
+    };
+    assert_eq!(load().await, json!({"models": []}), "nothing resident yet");
+    let resp = h.router.clone().oneshot(post("/v1/chat/completions", &chat(true))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(load().await, json!({"models": [{"name": MODEL, "running": 1, "waiting": 0, "slots": 2}]}));
+    drop(resp);
+    let t0 = std::time::Instant::now();
+    while load().await["models"][0]["running"] != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the request never stopped running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(load().await, json!({"models": [{"name": MODEL, "running": 0, "waiting": 0, "slots": 2}]}));
 }
 
 const CALL: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";

@@ -1,4 +1,5 @@
-//! Bad input gets the route family's error shape and the right status; auth.
+//! Bad input gets the route family's error shape and the right status; auth (client keys and
+//! the cluster token).
 
 mod common;
 
@@ -160,5 +161,51 @@ async fn api_keys_guard_everything_but_health() {
     assert_eq!(r.status(), 200);
     let r = a.client.get(a.url("/api/tags")).bearer_auth("sk-wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The cluster token: with client keys it is one more key (the gateway proxies with it), and
+/// `--require-cluster-token` (here through its environment variable) closes the API to all but
+/// its holders, in each family's 401 shape, probes open.
+#[tokio::test]
+async fn the_cluster_token_is_a_key_and_can_be_required() {
+    let dir = temp_dir("cluster-token");
+    let (keys, token) = (dir.join("keys"), dir.join("token"));
+    std::fs::write(&keys, "sk-one\n").unwrap();
+    std::fs::write(&token, "cluster-secret\n").unwrap();
+    let (keys, token) = (keys.to_str().unwrap(), token.to_str().unwrap());
+    let as_key = |a: &Agent, path: &str, key: &str| a.client.get(a.url(path)).bearer_auth(key).send();
+
+    let a = Agent::serve(&[primary()], &["--api-key-file", keys, "--cluster-token-file", token]).await;
+    assert_eq!(a.get("/v1/models").await.0, 401);
+    for key in ["sk-one", "cluster-secret"] {
+        assert_eq!(as_key(&a, "/v1/models", key).await.unwrap().status(), 200, "{key}");
+    }
+    drop(a);
+
+    let env = [("ROCKCHIP_LLAMA_REQUIRE_CLUSTER_TOKEN", "true".to_owned())];
+    let a = Agent::serve_env(&[primary()], &["--cluster-token-file", token], &env).await;
+    let (s, b) = a.get("/v1/models").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let (s, b) = a.get("/api/tags").await;
+    assert_eq!(s, 401);
+    assert!(b["error"].is_string(), "{b}");
+    assert_eq!(a.get("/internal/v1/load").await.0, 401);
+    assert_eq!(as_key(&a, "/v1/models", "sk-one").await.unwrap().status(), 401, "no client keys here");
+    for path in ["/v1/models", "/api/tags", "/internal/v1/load"] {
+        assert_eq!(as_key(&a, path, "cluster-secret").await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(a.get("/healthz").await.0, 200);
+    drop(a);
+
+    // Required but not given: a start-up error naming the missing flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rockchip-llama-agent"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--require-cluster-token", "--models-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--require-cluster-token needs a cluster token"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

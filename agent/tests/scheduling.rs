@@ -121,6 +121,34 @@ async fn parallel_slots_serve_concurrent_requests_correctly() {
     assert_eq!(c2.1["choices"][0]["message"]["content"], r2["choices"][0]["message"]["content"]);
 }
 
+/// `/internal/v1/load`, what the cluster gateway polls: the streaming request shows as running
+/// while it generates, and the count is back to 0 once its client has gone.
+#[tokio::test]
+async fn load_shows_a_generating_request_until_it_ends() {
+    let a = Agent::serve_env(&[primary()], &[], &long_runs()).await;
+    assert_eq!(a.get("/internal/v1/load").await.1, json!({"models": []}), "nothing resident yet");
+    let resp = a.client.post(a.url("/v1/chat/completions")).json(&endless(true)).send().await.unwrap();
+    let mut body = resp.bytes_stream();
+    assert!(!body.next().await.unwrap().unwrap().is_empty());
+    let (s, load) = a.get("/internal/v1/load").await;
+    assert_eq!(s, 200);
+    let m = &load["models"][0];
+    assert_eq!(
+        (m["name"].as_str(), m["running"].as_u64(), m["waiting"].as_u64()),
+        (Some(primary_name()), Some(1), Some(0)),
+        "{load}"
+    );
+    assert!(m["slots"].as_u64().unwrap() >= 1, "{load}");
+    drop(body);
+    for _ in 0..200 {
+        if a.get("/internal/v1/load").await.1["models"][0]["running"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the cancelled request still counts as running: {}", a.get("/internal/v1/load").await.1);
+}
+
 #[tokio::test]
 async fn memory_budget_evicts_the_idle_model() {
     // Room for either model, not both: SmolLM2 ≈ 98 MB + KV, Gemma ≈ 253 MB + KV. A .rkllm

@@ -1,6 +1,7 @@
 //! API keys: `Authorization: Bearer <key>` checked in constant time against every configured
 //! key. Health probes and `GET|HEAD /` stay open so load balancers and Ollama clients' liveness
-//! checks work without a key.
+//! checks work without a key. The agent's accepted set can be the client keys and the cluster
+//! token together ([`ApiKeys::merged`]), so the cluster gateway gets through with the token.
 
 use std::{path::Path, sync::Arc};
 
@@ -44,6 +45,12 @@ impl ApiKeys {
         let keys: Vec<String> =
             text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
         (!keys.is_empty()).then_some(Self(keys))
+    }
+
+    /// These keys and `other`'s: a request passes with a key from either set.
+    pub fn merged(mut self, other: &Self) -> Self {
+        self.0.extend(other.0.iter().cloned());
+        self
     }
 
     /// Whether the request's bearer token is one of the keys. Every key is compared, each in
@@ -102,5 +109,19 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic secret"));
         assert!(!keys.allows(&h));
         assert!(ApiKeys::parse("# only a comment\n").is_none());
+    }
+
+    #[test]
+    fn merged_keys_accept_either_set() {
+        let keys = ApiKeys::parse("client").unwrap().merged(&ApiKeys::parse("cluster-token").unwrap());
+        let bearer = |k: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {k}")).unwrap());
+            h
+        };
+        assert!(keys.allows(&bearer("client")));
+        assert!(keys.allows(&bearer("cluster-token")));
+        assert!(!keys.allows(&bearer("other")));
+        assert!(!keys.allows(&HeaderMap::new()));
     }
 }

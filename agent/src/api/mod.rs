@@ -7,6 +7,10 @@
 //!  /api/* Ollama shape errors ─┼─ request id ─ auth (Bearer, constant-time) ─ metrics (route template) ─ handlers
 //!  /healthz /readyz /metrics / ┘  (no auth for health and GET|HEAD /)
 //! ```
+//!
+//! Auth accepts the client keys (`--api-key-file`) and the cluster token, which the cluster
+//! gateway sends on every request it proxies; with neither keys nor `--require-cluster-token`
+//! the API is open. Blob routes check the cluster token themselves.
 
 pub mod blobs;
 pub mod embed;
@@ -132,6 +136,7 @@ pub struct AppState {
         ops::readyz,
         ops::metrics,
         ops::status,
+        ops::load,
         ops::root,
     ),
     components(schemas(
@@ -180,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/internal/v1/status", get(ops::status))
+        .route("/internal/v1/load", get(ops::load))
         .route("/internal/v1/blobs/{name}", get(blobs::blob).head(blobs::blob))
         .route("/openapi.json", get(ops::openapi))
         .route("/", get(ops::root).head(ops::root))
@@ -231,6 +237,7 @@ mod doc_tests {
             "/api/generate",
             "/api/pull",
             "/healthz",
+            "/internal/v1/load",
         ] {
             assert!(doc.contains(&format!("\"{p}\"")), "{p} missing");
         }

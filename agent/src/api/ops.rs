@@ -1,5 +1,5 @@
-//! Operational routes: health, readiness, metrics, status, the OpenAPI document, and Ollama's
-//! `GET /`.
+//! Operational routes: health, readiness, metrics, status, load, the OpenAPI document, and
+//! Ollama's `GET /`.
 
 use axum::{
     Json,
@@ -7,6 +7,8 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
+
+use serde::Serialize;
 
 use super::AppState;
 
@@ -44,6 +46,48 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 pub async fn status(State(st): State<AppState>) -> impl IntoResponse {
     let sched = st.serve.sched();
     Json(crate::status::report(&st.node, &st.runtime, sched, sched.registry().dir()))
+}
+
+/// `GET /internal/v1/load`: what the cluster gateway routes on.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoadReport {
+    /// One entry per resident model; a model that is not loaded is absent.
+    pub models: Vec<ModelLoad>,
+}
+
+/// One resident model's queue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelLoad {
+    /// The model's name (its friendly name, as `/v1/models` lists it).
+    pub name: String,
+    /// Requests holding a slot (being generated).
+    pub running: usize,
+    /// Requests queued for a slot.
+    pub waiting: usize,
+    /// Sequences the model generates at once (`--parallel`, or an RKLLM model's `n_batch`).
+    pub slots: usize,
+}
+
+/// Running, waiting and slots per resident model: what the cluster gateway routes on.
+///
+/// The gateway polls every board several times a second, so unlike `/metrics` and
+/// `/internal/v1/status` this reads the scheduler's counters only: no sysfs, no registry.
+#[utoipa::path(get, path = "/internal/v1/load", tag = "ops",
+    responses((status = 200, description = "Running, waiting and slots per resident model", body = LoadReport)))]
+pub async fn load(State(st): State<AppState>) -> Json<LoadReport> {
+    let models = st
+        .serve
+        .sched()
+        .residents()
+        .iter()
+        .map(|r| ModelLoad {
+            name: r.entry.name.clone(),
+            running: r.running(),
+            waiting: r.waiting(),
+            slots: r.slot_count(),
+        })
+        .collect();
+    Json(LoadReport { models })
 }
 
 pub async fn openapi() -> impl IntoResponse {

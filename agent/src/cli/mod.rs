@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// File with one API key per line; when set, requests need `Authorization: Bearer <key>`.
     #[arg(long, env = "ROCKCHIP_LLAMA_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Refuse API requests that carry neither the cluster token nor an --api-key-file key, so
+    /// that only the cluster gateway and peer boards get through. Needs --cluster-token-file.
+    #[arg(long, env = "ROCKCHIP_LLAMA_REQUIRE_CLUSTER_TOKEN")]
+    pub require_cluster_token: bool,
     /// Requests that may wait per model beyond those running; more get 429.
     #[arg(long, env = "ROCKCHIP_LLAMA_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
@@ -120,7 +124,8 @@ pub struct StoreArgs {
     #[arg(long, env = "ROCKCHIP_LLAMA_FETCH_STALL_TIMEOUT", default_value_t = 10.0)]
     pub fetch_stall_timeout: f64,
     /// File holding the cluster token: peers must send it to read blobs from this agent, and it
-    /// is sent to peers. Without it no blob is served to peers.
+    /// is sent to peers. Without it no blob is served to peers. Where the API needs a key
+    /// (--api-key-file, --require-cluster-token) the token is accepted as one: the gateway sends it.
     #[arg(long, env = "ROCKCHIP_LLAMA_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 }
@@ -158,6 +163,7 @@ impl ServeArgs {
             models,
             default_model,
             api_key_file,
+            require_cluster_token,
             max_queue,
             parallel,
             memory_budget,
@@ -197,6 +203,7 @@ impl ServeArgs {
             board,
             store: store_opts,
             cluster_token: token,
+            require_cluster_token,
             cluster,
         })
     }
@@ -247,6 +254,19 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn require_cluster_token_is_a_bare_flag_off_by_default() {
+        let serve = |extra: &[&str]| {
+            let argv = ["rockchip-llama-agent", "serve"].into_iter().chain(extra.iter().copied());
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve(args) => args.into_config().unwrap(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!serve(&[]).require_cluster_token);
+        assert!(serve(&["--require-cluster-token"]).require_cluster_token);
     }
 
     /// The chart and systemd units configure the agent through the environment only.
