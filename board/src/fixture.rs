@@ -12,7 +12,12 @@ use std::{
 /// `hack/fixtures/rk3588` in this source tree (a build-time path: only meaningful for tests
 /// and development runs from the repository).
 pub fn rk3588_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/fixtures/rk3588")
+    // The runtime value first: cargo sets it when running tests, and it names this checkout even when
+    // the build was cached from another clone sharing the target directory (the baked-in one would
+    // then point at that clone). Every crate sits one level below the repository root.
+    let dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.join("../hack/fixtures/rk3588")
 }
 
 /// Recursively copies regular files and directories from `from` into `to` (created if
