@@ -3,6 +3,7 @@
 #
 #   hack/k8s/bins.sh            build what is missing, print the bin dir on stdout (progress on stderr)
 #   hack/k8s/bins.sh --print    print the bin dir only (no build)
+#   hack/k8s/bins.sh --node     also kubelet, kube-scheduler and kube-proxy (the node tier)
 #
 # Why build: the CI machines reach only package registries. kube-apiserver, kube-controller-manager
 # and etcd are compiled from the Go module proxy through wrapper modules written at run time (no
@@ -23,14 +24,25 @@ KUBECTL_SHA256="65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8
 HELM_SHA256="b66cb19f2b31f9d427632ea6c4b4a1ff89b74ecaeaee323cd166da41a7af53bd"
 # Bumped whenever the build recipe below changes, so cached binaries are rebuilt.
 RECIPE=1
+# The same for kubelet, kube-scheduler and kube-proxy (`--node`).
+NODE_RECIPE=1
 
 CACHE="${ROCKCHIP_LLAMA_CACHE:-$HOME/.cache/rockchip-llama}"
 BIN="$CACHE/k8s/$K8S_VERSION"
 
-if [[ "${1:-}" == "--print" ]]; then
-  echo "$BIN"
-  exit 0
-fi
+WITH_NODE=0
+case "${1:-}" in
+  --print)
+    echo "$BIN"
+    exit 0
+    ;;
+  --node) WITH_NODE=1 ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--print | --node]" >&2
+    exit 2
+    ;;
+esac
 
 # Go caches shared with every other Go step of the project, so CI can keep them between runs.
 export GOPATH="$CACHE/go"
@@ -91,17 +103,12 @@ require_go() {
   command -v go >/dev/null || { log "go not found (needs Go >= 1.26 on PATH)"; exit 1; }
 }
 
-# --- kube-apiserver + kube-controller-manager -------------------------------------------------
-build_kube() {
-  local want="$K8S_VERSION recipe=$RECIPE"
-  if stamp_ok kube-apiserver "$want" && stamp_ok kube-controller-manager "$want"; then
-    return
-  fi
-  require_go
-  local work
-  work="$(mktemp -d)"
-  # shellcheck disable=SC2064 # expand $work now
-  trap "rm -rf '$work'" RETURN
+# --- Kubernetes components (one wrapper module per set) -----------------------------------------
+# Writes a wrapper module into $1 that requires k8s.io/kubernetes and lists the given cmd packages
+# as tools, then resolves it.
+write_kube_wrapper() { # work-dir cmd-package...
+  local work="$1"
+  shift
   log "kube $K8S_VERSION: reading k8s.io/kubernetes go.mod from the module proxy"
   local kmod
   kmod="$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
@@ -111,7 +118,7 @@ build_kube() {
   # k/k requires every staging module at v0.0.0 and maps it to ./staging/src; those replaces do
   # not apply to a dependent module, so each is pinned to the matching v0.X.Y release instead.
   local staging_ver="v0.${K8S_VERSION#v1.}"
-  local go_line godebug_line
+  local go_line godebug_line pkg
   go_line="$(grep -m1 '^go ' "$kmod")"
   godebug_line="$(grep -m1 '^godebug ' "$kmod" || true)"
   {
@@ -123,8 +130,7 @@ build_kube() {
     echo "require k8s.io/kubernetes $K8S_VERSION"
     echo
     echo "tool ("
-    echo "	k8s.io/kubernetes/cmd/kube-apiserver"
-    echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+    for pkg in "$@"; do echo "	$pkg"; done
     echo ")"
     echo
     echo "replace ("
@@ -138,7 +144,10 @@ build_kube() {
 
   log "kube $K8S_VERSION: resolving and downloading modules (cold: a few minutes)"
   (cd "$work" && with_ticker "go mod tidy" go mod tidy)
+}
 
+# The -ldflags that stamp the version (what `--version` and /version report).
+kube_ldflags() {
   local ldflags="-s -w" pkg
   local minor="${K8S_VERSION#v1.}"
   minor="${minor%%.*}"
@@ -146,10 +155,26 @@ build_kube() {
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
+  echo "$ldflags"
+}
+
+# kube-apiserver + kube-controller-manager: the control plane every Kubernetes tier uses.
+build_kube() {
+  local want="$K8S_VERSION recipe=$RECIPE"
+  if stamp_ok kube-apiserver "$want" && stamp_ok kube-controller-manager "$want"; then
+    return
+  fi
+  require_go
+  local work
+  work="$(mktemp -d)"
+  # shellcheck disable=SC2064 # expand $work now
+  trap "rm -rf '$work'" RETURN
+  write_kube_wrapper "$work" k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager
   log "kube $K8S_VERSION: compiling kube-apiserver and kube-controller-manager (cold: 10-25 min on 2 cores)"
   mkdir -p "$work/out"
   (cd "$work" && timed "go build kube" go build -trimpath -tags selinux,notest,grpcnotrace \
-    -ldflags "$ldflags" -o "$work/out/" \
+    -ldflags "$(kube_ldflags)" -o "$work/out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
   local b
   for b in kube-apiserver kube-controller-manager; do
@@ -157,6 +182,32 @@ build_kube() {
     echo "$want" >"$BIN/.stamp-$b"
   done
   log "kube $K8S_VERSION: $("$BIN/kube-apiserver" --version)"
+}
+
+# kubelet + kube-scheduler + kube-proxy: only the node tier (`make test-node`, `bins.sh --node`)
+# needs them. Their own wrapper module, so adding them never changes how the control plane's
+# binaries resolve; GOCACHE is shared, so after build_kube the marginal cost is about 2 min cold.
+NODE_BINS=(kubelet kube-scheduler kube-proxy)
+build_node() {
+  local want="$K8S_VERSION recipe=$NODE_RECIPE" b ok=1
+  for b in "${NODE_BINS[@]}"; do stamp_ok "$b" "$want" || ok=0; done
+  if ((ok)); then return; fi
+  require_go
+  local work pkgs=()
+  work="$(mktemp -d)"
+  # shellcheck disable=SC2064 # expand $work now
+  trap "rm -rf '$work'" RETURN
+  for b in "${NODE_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  write_kube_wrapper "$work" "${pkgs[@]}"
+  log "kube $K8S_VERSION: compiling ${NODE_BINS[*]} under nice (cold: ~2 min after the control plane, ~8 min alone)"
+  mkdir -p "$work/out"
+  (cd "$work" && timed "go build kube node" nice -n 10 go build -trimpath \
+    -tags selinux,notest,grpcnotrace -ldflags "$(kube_ldflags)" -o "$work/out/" "${pkgs[@]}")
+  for b in "${NODE_BINS[@]}"; do
+    mv -f "$work/out/$b" "$BIN/$b"
+    echo "$want" >"$BIN/.stamp-$b"
+  done
+  log "kube $K8S_VERSION: $("$BIN/kubelet" --version), kube-scheduler and kube-proxy alongside"
 }
 
 # --- etcd --------------------------------------------------------------------------------------
@@ -232,6 +283,7 @@ main() {
   fetch_kubectl_helm
   build_etcd
   build_kube
+  if ((WITH_NODE)); then build_node; fi
   log "binaries ready in $BIN ($((SECONDS - start)) s)"
   echo "$BIN"
 }

@@ -1,0 +1,3 @@
+module rockchip-llama.invalid/testpod
+
+go 1.26
