@@ -29,6 +29,19 @@
 # --require-cluster-token (only the gateway and peers, which carry the cluster token, get in).
 #
 # TESTCLUSTER_APISERVER_ARGS adds kube-apiserver flags (e.g. --feature-gates=...).
+#
+# Serving pods on a real node (hack/node/node.sh sets these; each defaults to today's loopback-only
+# behaviour):
+#   TESTCLUSTER_BIND_ADDRESS=<ip>  kube-apiserver binds to and advertises <ip> (an address the
+#                                  caller created, never 0.0.0.0) instead of 127.0.0.1; its
+#                                  certificate also gets that IP, the `kubernetes` Service's
+#                                  ClusterIP and the kubernetes.default.svc names, and the
+#                                  kubeconfig points at it. The `kubernetes` Service's endpoint is
+#                                  then <ip>:<port>, which pods reach through kube-proxy.
+#   TESTCLUSTER_SERVICE_ACCOUNTS=1 ServiceAccount admission on: pods get a projected token.
+#   TESTCLUSTER_AUTHORIZATION      kube-apiserver --authorization-mode (default RBAC; Node,RBAC
+#                                  for a kubelet).
+#   TESTCLUSTER_EXTRA_CONTROLLERS  comma-separated controllers added to CONTROLLERS below.
 # TESTCLUSTER_DIR picks the directory that holds certificates, data, logs and PIDs (default
 # $XDG_RUNTIME_DIR or /tmp, one per user), so several clusters can run side by side: the test
 # suite uses its own temporary directory and never touches a developer's `make cluster`.
@@ -51,6 +64,11 @@ DIR="${TESTCLUSTER_DIR:-${XDG_RUNTIME_DIR:-/tmp}/rockchip-llama-testcluster-$(id
 CONTROLLERS="namespace-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,deployment-controller,replicaset-controller,validatingadmissionpolicy-status-controller"
 # Namespace of the operator and of the boards' Leases.
 NS=rockchip-llama
+BIND="${TESTCLUSTER_BIND_ADDRESS:-127.0.0.1}"
+[[ "$BIND" != 0.0.0.0 && "$BIND" != "::" ]] || { echo "TESTCLUSTER_BIND_ADDRESS must be one address, not $BIND" >&2; exit 2; }
+# The Service range and the `kubernetes` Service's ClusterIP (its first address).
+SERVICE_CIDR=10.0.0.0/24
+KUBERNETES_SERVICE_IP=10.0.0.1
 TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/rockchip-llama/target}/release"
 # Bounds for every wait, in seconds. Generous because CI has 2 shared cores.
 AGENT_TIMEOUT=120
@@ -62,8 +80,8 @@ log() { printf '[testcluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # Frees a TCP port on 127.0.0.1 by binding port 0; the tiny race before the server binds it is
 # accepted (envtest does the same).
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+free_port() { # [address, default 127.0.0.1]
+  python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "${1:-127.0.0.1}"
 }
 
 # Polls a URL until it answers 2xx or the deadline passes; also fails fast if the process died.
@@ -109,8 +127,14 @@ gen_pki() {
   mkdir -p "$DIR/pki"
   gen_ca serving-ca rockchip-llama-test-serving-ca
   gen_ca client-ca rockchip-llama-test-client-ca
+  local sans="IP:127.0.0.1,DNS:localhost"
+  if [[ "$BIND" != 127.0.0.1 ]]; then
+    # What in-cluster clients dial: the ClusterIP (KUBERNETES_SERVICE_HOST) or the Service's names.
+    sans+=",IP:$BIND,IP:$KUBERNETES_SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default"
+    sans+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  fi
   gen_cert apiserver serving-ca "/CN=kube-apiserver" \
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=$sans\n"
   gen_cert admin client-ca "/O=system:masters/CN=admin" \
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$DIR/pki/sa.key" 2>/dev/null
@@ -125,7 +149,7 @@ kind: Config
 clusters:
 - name: rockchip-llama-test
   cluster:
-    server: https://127.0.0.1:$1
+    server: https://$BIND:$1
     certificate-authority-data: $($b64 <"$DIR/pki/serving-ca.crt")
 users:
 - name: admin
@@ -164,7 +188,7 @@ is_up() {
   # shellcheck disable=SC1091
   source "$DIR/env"
   curl -sf -o /dev/null --max-time 5 --cacert "$DIR/pki/serving-ca.crt" \
-    "https://127.0.0.1:$APISERVER_PORT/readyz"
+    "https://${APISERVER_HOST:-127.0.0.1}:$APISERVER_PORT/readyz"
 }
 
 up() {
@@ -203,7 +227,7 @@ up() {
   local etcd_port etcd_peer api_port kcm_port
   etcd_port="$(free_port)"
   etcd_peer="$(free_port)"
-  api_port="$(free_port)"
+  api_port="$(free_port "$BIND")"
   kcm_port="$(free_port)"
 
   log "starting etcd on 127.0.0.1:$etcd_port"
@@ -218,36 +242,44 @@ up() {
     --unsafe-no-fsync=true --log-level=warn)"
   wait_http etcd "$etcd_pid" "$ETCD_TIMEOUT" "http://127.0.0.1:$etcd_port/health"
 
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  log "starting kube-apiserver on $BIND:$api_port"
   local extra_args=()
   read -r -a extra_args <<<"${TESTCLUSTER_APISERVER_ARGS:-}"
+  if [[ "$BIND" != 127.0.0.1 ]]; then
+    # The `kubernetes` Service's endpoint; without it the apiserver advertises the default-route IP.
+    extra_args+=(--advertise-address="$BIND")
+  fi
+  if [[ "${TESTCLUSTER_SERVICE_ACCOUNTS:-0}" != 1 ]]; then
+    # No pod ever runs without a node, so pods need no token (envtest does the same).
+    extra_args+=(--disable-admission-plugins=ServiceAccount)
+  fi
   local api_pid
   api_pid="$(start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
+    --bind-address="$BIND" --secure-port="$api_port" \
     --cert-dir="$DIR/pki" \
     --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
     --client-ca-file="$DIR/pki/client-ca.crt" \
-    --service-account-issuer="https://127.0.0.1:$api_port" \
+    --service-account-issuer="https://$BIND:$api_port" \
     --service-account-key-file="$DIR/pki/sa.pub" \
     --service-account-signing-key-file="$DIR/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=RBAC --allow-privileged=true \
-    --disable-admission-plugins=ServiceAccount \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --authorization-mode="${TESTCLUSTER_AUTHORIZATION:-RBAC}" --allow-privileged=true \
     --profiling=false --v=1 "${extra_args[@]}")"
   wait_http kube-apiserver "$api_pid" "$APISERVER_TIMEOUT" \
-    "https://127.0.0.1:$api_port/readyz" --cacert "$DIR/pki/serving-ca.crt"
+    "https://$BIND:$api_port/readyz" --cacert "$DIR/pki/serving-ca.crt"
 
   write_kubeconfig "$api_port"
 
-  log "starting kube-controller-manager ($CONTROLLERS)"
+  local controllers="$CONTROLLERS${TESTCLUSTER_EXTRA_CONTROLLERS:+,$TESTCLUSTER_EXTRA_CONTROLLERS}"
+  log "starting kube-controller-manager ($controllers)"
   local kcm_pid
   kcm_pid="$(start kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$DIR/kubeconfig" \
     --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$DIR/pki/kcm" \
-    --leader-elect=false --controllers="$CONTROLLERS" \
+    --leader-elect=false --controllers="$controllers" \
     --root-ca-file="$DIR/pki/serving-ca.crt" \
     --service-account-private-key-file="$DIR/pki/sa.key" \
     --use-service-account-credentials=false --profiling=false --v=1)"
@@ -256,6 +288,7 @@ up() {
 
   cat >"$DIR/env" <<EOF
 KUBECONFIG=$DIR/kubeconfig
+APISERVER_HOST=$BIND
 APISERVER_PORT=$api_port
 ETCD_PORT=$etcd_port
 KCM_PORT=$kcm_port
@@ -266,7 +299,7 @@ EOF
     boards_up "$boards" "$bin"
   fi
   trap - ERR INT TERM
-  log "up in $((SECONDS - start_s)) s: apiserver https://127.0.0.1:$api_port, logs in $DIR/logs"
+  log "up in $((SECONDS - start_s)) s: apiserver https://$BIND:$api_port, logs in $DIR/logs"
   cat "$DIR/out"
 }
 
