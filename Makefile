@@ -108,5 +108,5 @@ test-cluster: deps
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-cluster
+test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-chart test-cluster
 	$(call step,all tests passed)

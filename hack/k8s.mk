@@ -6,6 +6,9 @@
 #   make check-crds      fail if those files differ from what the types generate
 #   make test-k8s        build/cache the binaries, start a private cluster, run every check
 #                        against it (kubectl and Rust tests), tear it down
+#   make test-chart      the Helm chart: lint, template, schema, then on a private cluster a
+#                        server-side dry run, helm install/upgrade/uninstall, RBAC (can-i) and
+#                        the agents' admission policy with a real pod-bound token
 #
 # Everything builds with --release so it shares the root Makefile's cargo cache.
 
@@ -16,7 +19,7 @@ OPERATOR_BIN := $(CARGO_TARGET_DIR)/release/rockchip-llama-operator
 CRD_DIR := $(K8S_ROOT)/crds/yaml
 CHART_CRD_DIR := $(K8S_ROOT)/charts/rockchip-llama/crds
 
-.PHONY: cluster cluster-down generate-crds check-crds test-k8s k8s-bins operator-bin
+.PHONY: cluster cluster-down generate-crds check-crds test-k8s test-chart k8s-bins operator-bin
 
 k8s-bins:
 	@$(K8S_ROOT)/hack/k8s/bins.sh >/dev/null
@@ -50,3 +53,7 @@ check-crds: operator-bin
 
 test-k8s: check-crds
 	$(K8S_ROOT)/hack/test-k8s.sh
+
+# No Rust build: helm, kubectl and the control plane only (about a minute).
+test-chart: k8s-bins
+	$(K8S_ROOT)/hack/test-chart.sh
