@@ -172,6 +172,35 @@ else
   fail "tuning mounts"
 fi
 
+# The k3s HelmChart example: its chart URL names this chart version, and its valuesContent
+# renders the packaged chart (what k3s's Helm controller installs from the static directory).
+helm package "$CHART" --destination "$WORK/pkg" >/dev/null
+EXAMPLE=charts/examples/helmchart-k3s.yaml
+if python3 - "$EXAMPLE" "$chart_version" "$WORK/example-values.yaml" <<'EOF'; then
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+spec = doc["spec"]
+errors = []
+if (doc["apiVersion"], doc["kind"], doc["metadata"]["namespace"]) != ("helm.cattle.io/v1", "HelmChart", "kube-system"):
+    errors.append("not a helm.cattle.io/v1 HelmChart in kube-system")
+want = f"https://%{{KUBERNETES_API}}%/static/charts/rockchip-llama-{sys.argv[2]}.tgz"
+if spec["chart"] != want:
+    errors.append(f"chart {spec['chart']!r}, want {want!r}")
+open(sys.argv[3], "w").write(spec["valuesContent"])
+for e in errors: print("  " + e)
+sys.exit(1 if errors else 0)
+EOF
+  if out="$(helm template rockchip-llama "$WORK/pkg/rockchip-llama-$chart_version.tgz" \
+    --namespace rockchip-llama --kube-version "$KUBE_VERSION" -f "$WORK/example-values.yaml" 2>&1)" &&
+    grep -q 'type: LoadBalancer' <<<"$out"; then
+    pass "k3s HelmChart example: chart URL names $chart_version; its valuesContent renders the packaged chart"
+  else
+    fail "k3s HelmChart example values do not render the packaged chart: $out"
+  fi
+else
+  fail "k3s HelmChart example ($EXAMPLE)"
+fi
+
 # Bad values fail with a message that names the value.
 bad() { # expected-substring helm-args...
   local expect="$1"
