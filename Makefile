@@ -21,11 +21,12 @@ include hack/bench/bench.mk
 # make rkllm-sim: the ABI-exact stand-in for librkllmrt.so (both ABIs) and simulated models.
 include hack/rkllm-sim/sim.mk
 
-.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help
+.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help test-node node node-down
 
 help:
 	@sed -n '2,5p' Makefile
 	@echo "  make cluster / cluster-down   a real kube-apiserver + etcd on loopback for development"
+	@echo "  make node / node-down         that control plane plus a real kubelet node (root)"
 	@echo "  make generate-crds / generate-openapi   regenerate the committed generated files"
 
 deps:
@@ -105,8 +106,22 @@ test-cluster: deps
 	$(call step,cluster: ModelDeployments placed, distributed board to board, rolled, drained, deleted)
 	hack/test-cluster.sh
 
+# The node tier: a real kubelet node (containerd, CNI bridge, kube-proxy) on the test control plane,
+# a DaemonSet pod reached through its ClusterIP, logs, exec and in-cluster API access, then teardown
+# that restores the host. Needs root. docs/development.md, "The node tier".
+test-node:
+	$(call step,node: a real kubelet node; DaemonSet pod via ClusterIP, logs, exec, in-cluster API; host restored)
+	hack/node/test-node.sh
+
+# That node for development: `make node` prints KUBECONFIG=...; stop it with `make node-down`.
+node:
+	@hack/node/node.sh up
+
+node-down:
+	@hack/node/node.sh down
+
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-chart test-cluster
+test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-chart test-cluster test-node
 	$(call step,all tests passed)
