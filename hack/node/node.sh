@@ -301,6 +301,15 @@ claim() {
   echo "$DIR" >"$CLAIM"
 }
 
+# Whether the process `up` recorded under this name still runs its binary.
+running() { # name
+  local pid bin name
+  while read -r pid bin name; do
+    [[ "$name" == "$1" && "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$bin"* ]] && return 0
+  done <"$DIR/pids"
+  return 1
+} 2>/dev/null
+
 pids_alive() { # dir
   local pid bin _
   while read -r pid bin _; do
@@ -520,8 +529,9 @@ down() {
   trap - ERR
   local t0=$SECONDS kubectl
   kubectl="$("$ROOT/hack/k8s/bins.sh" --print)/kubectl"
-  if [[ -f "$DIR/cluster/env" ]] && TESTCLUSTER_DIR="$DIR/cluster" "$ROOT/hack/testcluster.sh" status >/dev/null 2>&1 &&
-    [[ -n "$(awk '$3 == "kubelet"' "$DIR/pids" 2>/dev/null)" ]]; then
+  # Draining needs a live kubelet and apiserver; otherwise everything is removed by force below.
+  if running kubelet && [[ -f "$DIR/cluster/env" ]] &&
+    TESTCLUSTER_DIR="$DIR/cluster" "$ROOT/hack/testcluster.sh" status >/dev/null 2>&1; then
     log "draining node $NODE_NAME"
     KUBECONFIG="$DIR/cluster/kubeconfig" drain "$kubectl"
   fi
