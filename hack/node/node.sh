@@ -20,7 +20,8 @@
 #     through the host's real interfaces even before kube-proxy has programmed it;
 #   - kube-apiserver bound to the node IP (TESTCLUSTER_BIND_ADDRESS), etcd and every other server
 #     on 127.0.0.1; all ports picked free at run time;
-#   - pods on the CNI bridge rlcni0 with 10.244.0.0/24 (host-local), no masquerade to the outside;
+#   - pods on the CNI bridge rlcni0 with 10.244.0.0/24 (host-local); a FORWARD rule drops whatever
+#     they send beyond the node (no masquerade, no resolv.conf: nothing leaves the machine);
 #   - containerd with its own root, state, socket, runc root and netns directory under $TESTNODE_DIR.
 # What cannot be moved (the kubelet's /var/lib/kubelet/device-plugins and /var/log/containers,
 # libcni's /var/lib/cni, iptables/nft rules, kubepods cgroups, sysctls) is recorded before and
@@ -42,8 +43,9 @@ PAUSE_REF=registry.k8s.io/pause:3.10
 CLAIM=/run/rockchip-llama-testnode.claim
 CONTAINERD=/usr/bin/containerd
 SHIM=/usr/bin/containerd-shim-runc-v2
-# Controllers a node needs on top of testcluster's (see docs/development.md).
-NODE_CONTROLLERS="daemonset-controller,endpointslice-controller,node-lifecycle-controller,pod-garbage-collector-controller"
+# Controllers a node needs on top of testcluster's (see docs/development.md); more with
+# TESTNODE_EXTRA_CONTROLLERS (e.g. job-controller,statefulset-controller).
+NODE_CONTROLLERS="daemonset-controller,endpointslice-controller,node-lifecycle-controller,pod-garbage-collector-controller,disruption-controller${TESTNODE_EXTRA_CONTROLLERS:+,$TESTNODE_EXTRA_CONTROLLERS}"
 # Bounds for every wait, in seconds (2 shared cores).
 START_TIMEOUT=60
 READY_TIMEOUT=120
@@ -348,6 +350,9 @@ up() {
   ip addr add "$NODE_IP/32" dev "$NODE_LINK"
   ip link set "$NODE_LINK" up
   ip route add "$SERVICE_CIDR" dev "$NODE_LINK"
+  # Pods talk to each other, the node IP and Services only: nothing they send is forwarded out of
+  # the host's own interfaces (the bridge plugin turns on ip_forward).
+  iptables -w -I FORWARD -s "$POD_CIDR" ! -o "$CNI_BRIDGE" -m comment --comment "$CNI_NET egress" -j DROP
 
   # The apiserver's client certificate for kubelet logs/exec, from a CA only the kubelet trusts.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
@@ -491,7 +496,7 @@ cleanup_iptables() {
       # Rules in built-in chains that jump into KUBE-*/CNI-* chains, then those chains.
       while read -r rule; do
         eval "$ipt -w -t $table ${rule/-A /-D }" 2>/dev/null || true
-      done < <("$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' | grep -vE '^-A (KUBE-|CNI-)')
+      done < <("$ipt" -t "$table" -S 2>/dev/null | grep -E "^-A [A-Z]+ .*(-j (KUBE-|CNI-)|$CNI_NET)" | grep -vE '^-A (KUBE-|CNI-)')
       for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ {print $2}'); do
         "$ipt" -w -t "$table" -F "$chain" 2>/dev/null || true
       done

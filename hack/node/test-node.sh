@@ -6,7 +6,8 @@
 # Phases (TESTNODE_PHASES, default "smoke chart"):
 #   smoke  a DaemonSet + ClusterIP Service from the locally built test image: pod Running/Ready on
 #          the node; the pod IP and the ClusterIP (kube-proxy) answer from the host; the ClusterIP
-#          answers from inside the pod (hairpin); `kubectl logs`; `kubectl exec`; and in-cluster
+#          answers from inside the pod (hairpin); pod traffic beyond the node is dropped on the
+#          host; `kubectl logs`; `kubectl exec`; and in-cluster
 #          API access from the pod with its projected service-account token: discovery and a
 #          SelfSubjectReview through https://<kubernetes ClusterIP>, certificate verified.
 #   chart  the project's Helm chart with the product images: runs hack/node/chart-phase.sh when it
@@ -138,6 +139,15 @@ EOF
   out="$(kubectl -n "$ns" exec "$pod" -- /testpod get "http://$cip/")" || fail "kubectl exec (GET the ClusterIP from the pod) failed"
   [[ "$out" == *"hello from $pod"* ]] || fail "unexpected answer inside the pod: $out"
   log "smoke: kubectl exec works; the pod reaches its own Service (hairpin)"
+
+  # 203.0.113.1 (TEST-NET-3) is routed out of the host's default interface: the node's FORWARD
+  # rule must drop it before it leaves.
+  local drops
+  kubectl -n "$ns" exec "$pod" -- /testpod get http://203.0.113.1/ 2 >/dev/null 2>&1 &&
+    fail "a pod reached 203.0.113.1 through the host"
+  drops="$(iptables -w -L FORWARD -v -x -n | awk '/rockchip-llama-testnode egress/ {print $1}')"
+  ((${drops:-0} > 0)) || fail "pod egress was not dropped by the node's FORWARD rule"
+  log "smoke: pod traffic beyond the node is dropped on the host ($drops packets)"
 
   out="$(kubectl -n "$ns" exec "$pod" -- /testpod apicheck)" || fail "in-cluster API access from the pod failed: $out"
   python3 - "$out" "$ns" "$NODE_NAME" <<'EOF' || fail "in-cluster API check: unexpected identity: $out"

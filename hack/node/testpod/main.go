@@ -2,7 +2,7 @@
 // library only, packed by hack/node/images.sh into a scratch image.
 //
 //	testpod serve [addr]   HTTP on addr (default :8080): "/" names the pod, "/healthz" is the probe
-//	testpod get URL        GET URL, print the body; fails unless 2xx
+//	testpod get URL [SECS] GET URL (timeout SECS, default 10), print the body; fails unless 2xx
 //	testpod apicheck       call the API server the way an in-cluster client does (the pod's
 //	                       projected service-account token and CA, KUBERNETES_SERVICE_HOST/PORT),
 //	                       verifying the serving certificate for the ClusterIP and for
@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,10 +43,18 @@ func main() {
 		}
 		err = serve(addr)
 	case "get":
-		if len(os.Args) != 3 {
-			fail(errors.New("usage: testpod get URL"))
+		if len(os.Args) < 3 || len(os.Args) > 4 {
+			fail(errors.New("usage: testpod get URL [SECS]"))
 		}
-		err = get(os.Args[2])
+		timeout := 10 * time.Second
+		if len(os.Args) == 4 {
+			secs, perr := strconv.Atoi(os.Args[3])
+			if perr != nil {
+				fail(perr)
+			}
+			timeout = time.Duration(secs) * time.Second
+		}
+		err = get(os.Args[2], timeout)
 	case "apicheck":
 		err = apicheck()
 	default:
@@ -92,8 +101,8 @@ func serve(addr string) error {
 	return nil
 }
 
-func get(url string) error {
-	c := &http.Client{Timeout: 10 * time.Second}
+func get(url string, timeout time.Duration) error {
+	c := &http.Client{Timeout: timeout}
 	resp, err := c.Get(url)
 	if err != nil {
 		return err
