@@ -20,6 +20,8 @@ include hack/k8s.mk
 include hack/bench/bench.mk
 # make rkllm-sim: the ABI-exact stand-in for librkllmrt.so (both ABIs) and simulated models.
 include hack/rkllm-sim/sim.mk
+# make image COMPONENT=agent|operator ARCH=amd64|arm64, test-compose, test-image: the container images.
+include hack/image/image.mk
 
 .PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help test-node node node-down
 
@@ -123,5 +125,5 @@ node-down:
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-rust test-compat fuzz test-k8s test-chart test-cluster test-node
+test: lint check-openapi check-crds test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-node
 	$(call step,all tests passed)
