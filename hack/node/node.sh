@@ -369,8 +369,8 @@ up() {
   source "$DIR/cluster/env"
   export KUBECONFIG
   APISERVER="https://$NODE_IP:$APISERVER_PORT"
-  local kubectl="$bin/kubectl"
-  "$kubectl" create clusterrolebinding testnode-apiserver-kubelet \
+  local kc=("$bin/kubectl" --request-timeout=20s)
+  "${kc[@]}" create clusterrolebinding testnode-apiserver-kubelet \
     --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client >/dev/null
 
   local ca="$DIR/cluster/pki/client-ca"
@@ -416,8 +416,8 @@ up() {
 
   log "waiting for node $NODE_NAME Ready and untainted"
   node_ready() {
-    [[ "$("$kubectl" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True &&
-      -z "$("$kubectl" get node "$NODE_NAME" -o jsonpath='{.spec.taints}')" ]]
+    [[ "$("${kc[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True &&
+      -z "$("${kc[@]}" get node "$NODE_NAME" -o jsonpath='{.spec.taints}')" ]]
   }
   wait_for kubelet "$(awk '$3 == "kubelet" {print $1}' "$DIR/pids")" "$READY_TIMEOUT" node_ready
 
@@ -481,7 +481,7 @@ drain() {
   "$kubectl" delete daemonsets,deployments,replicasets,statefulsets,jobs --all -A \
     --wait=false --request-timeout=10s >/dev/null 2>&1 || true
   "$kubectl" delete pods --all -A --grace-period=5 --wait=true --timeout="${DRAIN_TIMEOUT}s" \
-    --request-timeout=10s >/dev/null 2>&1 || log "pods not gone after ${DRAIN_TIMEOUT}s; removing them by force"
+    >/dev/null 2>&1 || log "pods not gone after ${DRAIN_TIMEOUT}s; removing them by force"
   # The kubelet tears pod volumes down a moment after the API object is gone.
   local deadline=$((SECONDS + 20))
   while ((SECONDS < deadline)) && grep -q " $DIR/kubelet/pods/" /proc/self/mountinfo; do sleep 0.5; done

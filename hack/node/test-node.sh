@@ -56,6 +56,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Every API call is bounded (exec and logs included: the smoke phase's are short).
+kubectl() { command kubectl --request-timeout=30s "$@"; }
+
 # Polls a command until it succeeds or the deadline passes.
 poll() { # timeout cmd...
   local deadline=$((SECONDS + $1))
