@@ -16,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deviceplugin;
 pub mod doctor;
 pub mod engine;
 pub mod keepalive;

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `models`, `openapi`, `doctor`. Parses and hands over: `serve` becomes an
+//! Command line: `serve`, `models`, `openapi`, `doctor`, `store`, `device-plugin`. Parses and hands over: `serve` becomes an
 //! `app::AgentConfig` for `app::Agent::run`. Every flag has an environment variable
 //! (`ROCKCHIP_LLAMA_*`) so the Helm chart and systemd units configure the agent without argv
 //! (`tests::every_flag_reads_an_env_var`).
@@ -52,6 +52,9 @@ pub enum Command {
     /// Work on the model store without a running agent (pre-seed a board: `store fetch`).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Kubelet device plugin: advertise the board's NPU as `rockchipllama.io/npu`, so the agent's
+    /// pod gets the NPU device nodes without running privileged (docs/helm.md).
+    DevicePlugin(crate::deviceplugin::DevicePluginArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +152,30 @@ impl Cli {
             Command::Doctor(args) => Ok(if crate::doctor::run(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
             Command::Store(cmd) => {
                 cmd.run().await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::DevicePlugin(args) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                tokio::spawn({
+                    let stop = stop.clone();
+                    async move {
+                        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                        let term = async move {
+                            match term.as_mut() {
+                                Some(t) => {
+                                    t.recv().await;
+                                }
+                                None => std::future::pending::<()>().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            () = term => {}
+                        }
+                        stop.cancel();
+                    }
+                });
+                crate::deviceplugin::run(args, stop).await?;
                 Ok(ExitCode::SUCCESS)
             }
         }
