@@ -27,35 +27,31 @@ RUN set -eu; \
     case "$TARGETARCH" in amd64) arch=x86_64 ;; arm64) arch=aarch64 ;; *) echo "TARGETARCH $TARGETARCH: amd64 or arm64" >&2; exit 1 ;; esac; \
     if [ -n "$cross" ]; then rustup target add "$arch-unknown-linux-gnu"; fi
 
-# Compilers by target triple. Debian names its native gcc with the triplet prefix too, so these
-# hold for native and cross builds alike, on either build machine.
-ENV CC_x86_64_unknown_linux_gnu=x86_64-linux-gnu-gcc \
-    CXX_x86_64_unknown_linux_gnu=x86_64-linux-gnu-g++ \
-    AR_x86_64_unknown_linux_gnu=x86_64-linux-gnu-ar \
-    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=x86_64-linux-gnu-gcc \
-    CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
-    CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
-    AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    CARGO_TARGET_DIR=/cargo-target \
+ENV CARGO_TARGET_DIR=/cargo-target \
     CARGO_TERM_COLOR=never
-
 WORKDIR /src
 COPY . .
 
 # The registry and the target directory are cache mounts: a rebuild after a source change
 # compiles what changed, not llama.cpp and ~400 crates again. The target directory is per
-# architecture; both components share it (the operator's static flags give its crates their own
-# file names, so neither evicts the other). The binary is copied out because a cache mount is not
-# part of the image. Along the way:
-# - a cross build tells cmake so (llama-cpp-sys-2 hands CMAKE_* variables to it);
-# - the operator links glibc statically, since the distroless base has no libc (name lookups still
-#   work: glibc >= 2.34 has the files and dns NSS modules built in);
+# architecture and shared by both components. The binary is copied out because a cache mount is
+# not part of the image. Along the way:
+# - a cross build names the target's gcc (Debian's triplet-prefixed names) for cc, the linker and
+#   cmake (llama-cpp-sys-2 hands CMAKE_* variables to it); a native build sets none of them and
+#   omits --target, so it is the plain `cargo build --release` of a developer's machine;
+# - the operator links glibc statically (so --target, which keeps the static flag off build
+#   scripts and proc macros): the distroless base has no libc. Name lookups still work, glibc
+#   >= 2.34 has the files and dns NSS modules built in;
 # - the agent gets llama.cpp's OpenMP runtime from the gcc that linked it (the slim base has no
 #   libgomp), the CA bundle for model downloads, and /models owned by its user, so that a fresh
 #   named volume mounted there is writable too.
+# CARGO_HOME defaults to the rust image's. For the agent `make test-image` passes the build
+# machine's own and lays that machine's cargo registry and target directory under the two caches
+# (copy-on-write), so a native build finds what the machine's `cargo build --release` compiled:
+# cargo's fingerprints include the registry's path (docs/development.md, "Container images").
+ARG CARGO_HOME=/usr/local/cargo
 ARG COMPONENT
-RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=/usr/local/cargo/registry \
+RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=${CARGO_HOME}/registry \
     --mount=type=cache,id=rockchip-llama-cargo-target-${TARGETARCH},target=/cargo-target \
     set -eu; \
     case "$TARGETARCH" in \
@@ -63,20 +59,23 @@ RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=/usr/local/cargo/
       arm64) arch=aarch64 ;; \
       *) echo "TARGETARCH $TARGETARCH: amd64 or arm64" >&2; exit 1 ;; \
     esac; \
-    triple="$arch-unknown-linux-gnu"; gnu="$arch-linux-gnu"; \
+    triple="$arch-unknown-linux-gnu"; gnu="$arch-linux-gnu"; triple_env=$(echo "$triple" | tr a-z- A-Z_); \
+    target=""; bindir="$CARGO_TARGET_DIR/release"; \
     if [ "$TARGETARCH" != "$BUILDARCH" ]; then \
-      export CMAKE_SYSTEM_NAME=Linux CMAKE_SYSTEM_PROCESSOR="$arch"; \
+      export "CC_${arch}_unknown_linux_gnu=$gnu-gcc" "CXX_${arch}_unknown_linux_gnu=$gnu-g++" \
+        "AR_${arch}_unknown_linux_gnu=$gnu-ar" "CARGO_TARGET_${triple_env}_LINKER=$gnu-gcc" \
+        CMAKE_SYSTEM_NAME=Linux CMAKE_SYSTEM_PROCESSOR="$arch"; \
+      target="--target=$triple"; bindir="$CARGO_TARGET_DIR/$triple/release"; \
     fi; \
     case "$COMPONENT" in \
       agent) ;; \
-      operator) export "CARGO_TARGET_$(echo "$triple" | tr a-z- A-Z_)_RUSTFLAGS=-C target-feature=+crt-static" ;; \
+      operator) export "CARGO_TARGET_${triple_env}_RUSTFLAGS=-C target-feature=+crt-static"; \
+                target="--target=$triple"; bindir="$CARGO_TARGET_DIR/$triple/release" ;; \
       *) echo "COMPONENT $COMPONENT: agent or operator" >&2; exit 1 ;; \
     esac; \
-    cargo build --release --locked --target "$triple" \
-      -p "rockchip-llama-$COMPONENT" --bin "rockchip-llama-$COMPONENT"; \
+    cargo build --release --locked $target -p "rockchip-llama-$COMPONENT" --bin "rockchip-llama-$COMPONENT"; \
     out=/out/root; \
-    install -D -m 0755 "$CARGO_TARGET_DIR/$triple/release/rockchip-llama-$COMPONENT" \
-      "$out/usr/local/bin/rockchip-llama-$COMPONENT"; \
+    install -D -m 0755 "$bindir/rockchip-llama-$COMPONENT" "$out/usr/local/bin/rockchip-llama-$COMPONENT"; \
     if [ "$COMPONENT" = agent ]; then \
       install -D -m 0644 "$("$gnu-gcc" -print-file-name=libgomp.so.1)" "$out/usr/lib/$gnu/libgomp.so.1"; \
       install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$out/etc/ssl/certs/ca-certificates.crt"; \

@@ -13,6 +13,15 @@
 # chroot isolation, vfs storage and its own storage under ~/.cache/rockchip-llama/buildah (see
 # lib.sh). With buildah the bases are, by default, the local stand-ins of hack/image/standins.sh
 # (IMAGE_BASES=standins, for machines that cannot pull); IMAGE_BASES=registry pulls the real ones.
+#
+# IMAGE_CARGO_SEED=1 (buildah, the agent, native, root; `make test-image` sets it): the Dockerfile's
+# two cargo caches start from this machine's own cargo registry ($CARGO_HOME/registry) and target
+# directory ($CARGO_TARGET_DIR) instead of empty: each cache directory gets an overlay mount for
+# the build, the machine's directory as its read-only lower layer and a private upper layer under
+# ~/.cache/rockchip-llama/buildah/seed/ taking every write, so the machine's own build is never
+# touched. With CARGO_HOME passed through as a build argument the registry's path, part of cargo's
+# fingerprints, is the same inside, and what `make build` compiled (llama.cpp included) is fresh.
+# Only the agent: the operator image's static build has no counterpart on the machine.
 set -euo pipefail
 # shellcheck source=hack/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -50,18 +59,40 @@ else
     registry) pull=true ;;
     *) die "IMAGE_BASES=${IMAGE_BASES}: standins or registry" ;;
   esac
+  seeded=()
+  unseed() {
+    local m
+    for m in "${seeded[@]}"; do umount "$m" 2>/dev/null || log "warning: could not unmount $m"; done
+    seeded=()
+  }
+  trap unseed EXIT
+  if [ "${IMAGE_CARGO_SEED:-0}" = 1 ] && [ "$component" = agent ] && [ "$arch" = "$host_arch" ] \
+    && [ "$(id -u)" -eq 0 ]; then
+    host_cargo_home=${CARGO_HOME:-$HOME/.cargo}
+    host_target=${CARGO_TARGET_DIR:-$CACHE/target}
+    seed() {  # seed LOWER CACHE_ID: overlay LOWER (read-only) + a private upper onto the cache
+      local dir="$BUILDAH_DIR/tmp/buildah-cache/$2" layers="$BUILDAH_DIR/seed/$2"
+      [ -d "$1" ] || return 0
+      mkdir -p "$dir" "$layers/upper" "$layers/work"
+      while mountpoint -q "$dir"; do umount "$dir"; done  # left by a build that was killed
+      mount -t overlay overlay -o "lowerdir=$1,upperdir=$layers/upper,workdir=$layers/work" "$dir"
+      seeded+=("$dir")
+      log "cache $2 seeded from $1 (writes go to ${layers/#$HOME/\~}/upper)"
+    }
+    seed "$host_cargo_home/registry" rockchip-llama-cargo-registry
+    seed "$host_target" "rockchip-llama-cargo-target-$arch"
+    build_args+=(--build-arg "CARGO_HOME=$host_cargo_home")
+  fi
   log "building $name for linux/$arch with buildah $(buildah --version | awk '{print $3}') (bases: ${IMAGE_BASES:-standins})"
   # BUILD* are passed explicitly: buildah 1.28 fills them in only after it has resolved the
   # FROM --platform=$BUILDPLATFORM line, so a cross build would otherwise pick the target's base.
   bah build --layers --pull="$pull" --platform "linux/$arch" \
     --build-arg "BUILDPLATFORM=linux/$host_arch" --build-arg "BUILDOS=linux" --build-arg "BUILDARCH=$host_arch" \
     "${build_args[@]}" -t "$name" -f "$IMAGE_ROOT/Dockerfile" "$IMAGE_ROOT" >&2
+  unseed
   log "writing $out"
   rm -f "$out.part"
   bah push --quiet "$name" "oci-archive:$out.part:$name" >&2
-  # Layers of earlier builds that no tag and no cached step uses any more (vfs keeps every
-  # layer as a full copy of the file system, so they add up quickly).
-  bah rmi --prune >/dev/null 2>&1 || true
 fi
 mv "$out.part" "$out"
 log "$name ($component, linux/$arch): $(du -h "$out" | cut -f1) archive in $(since "$t0") s"

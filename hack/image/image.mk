@@ -7,7 +7,8 @@
 #                        reference localhost/rockchip-llama-<component>:<version>
 #   make images          both components for this machine's architecture
 #   make test-compose    docker-compose.yml against the Compose Specification's JSON schema
-#   make test-image      both images built, then each binary run inside its image as its user
+#   make test-image      both images built (the agent's cargo stage seeded from `make build`), then
+#                        each binary run inside its image as its user
 #
 # docs/development.md, "Container images", has the details and the measured times.
 
@@ -33,6 +34,7 @@ test-compose:
 	@py=$$($(IMAGE_REPO_ROOT)/hack/pyenv.sh) && schema=$$($(IMAGE_DIR)/compose-schema.sh) && \
 	  "$$py" $(IMAGE_DIR)/check_compose.py "$$schema" $(IMAGE_REPO_ROOT)/docker-compose.yml
 
-test-image: test-compose image-deps
-	$(call step,images: agent and operator built from the Dockerfile (stand-in bases), each binary run inside as its user)
+# `build` first: the agent image's cargo stage starts from that build (IMAGE_CARGO_SEED, build.sh).
+test-image: test-compose image-deps build
+	$(call step,images: agent and operator from the Dockerfile (stand-in bases); each binary run inside as its user)
 	$(IMAGE_DIR)/test.sh

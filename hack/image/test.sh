@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make test-image: builds both images for this machine's architecture (hack/image/build.sh, with
-# the stand-in bases) and checks each OCI archive as the node tier will use it:
+# the stand-in bases, the cargo caches seeded from this machine's own build unless
+# IMAGE_CARGO_SEED=0) and checks each OCI archive as the node tier will use it:
 #   - the archive's reference is the full image name;
 #   - labels (org.opencontainers.image.*), user 65532:65532, entrypoint, no healthcheck;
 #   - the binary runs inside the image's own root file system (`--version`; the agent also lists
@@ -49,7 +50,7 @@ for component in agent operator; do
   name="localhost/rockchip-llama-$component:$version"
   log "=== $component"
   t0=$(date +%s.%N)
-  archive=$(IMAGE_REPO=localhost "$IMAGE_ROOT/hack/image/build.sh" "$component" "$arch")
+  archive=$(IMAGE_REPO=localhost IMAGE_CARGO_SEED=${IMAGE_CARGO_SEED:-1} "$IMAGE_ROOT/hack/image/build.sh" "$component" "$arch")
   log "$component image built in $(since "$t0") s: $archive"
 
   ref=$(tar -xOf "$archive" index.json | python3 -c 'import json, sys
@@ -57,9 +58,9 @@ print(json.load(sys.stdin)["manifests"][0].get("annotations", {}).get("org.openc
   check "$component: archive reference is $name (got $ref)" test "$ref" = "$name"
 
   # Import the archive itself (not the image left in the build storage): that is the hand-off.
-  c=$(bah from --quiet --pull=never "oci-archive:$archive")
+  c=$(bah from --quiet "oci-archive:$archive")
   containers+=("$c")
-  cfg=$(bah inspect --format '{{json .OCIv1.Config}}' "$c")
+  cfg=$(bah inspect "$c" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["OCIv1"]["config"]))')
   field() { python3 -c 'import json, sys; c = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$cfg" "$1"; }
   check "$component: user 65532:65532" test "$(field 'c.get("User")')" = "65532:65532"
   check "$component: entrypoint /usr/local/bin/rockchip-llama-$component" \
