@@ -1,4 +1,4 @@
-# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu` and `make bench-controller`. Included
+# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu`, `-controller`, `-distribution` and `-gateway`. Included
 # from the root Makefile. Not a CI gate; writes docs/bench/README.md + results.json and
 # docs/bench/npu.md + npu.json. Pass bench.py options via BENCH_ARGS, e.g.
 # `make bench BENCH_ARGS="--rounds 2 --models smollm2"`, and npu_bench.py options via BENCH_NPU_ARGS.
@@ -15,12 +15,20 @@
 # one model blob to 8 boards over 100 Mbit/s links, from the origin vs relayed along the
 # controller's chain, one board slowed (~8 min). Writes docs/bench/distribution.{md,json,png};
 # options via BENCH_DISTRIBUTION_ARGS (see hack/bench/p7_distribution.py --help).
-.PHONY: bench bench-npu bench-controller bench-distribution
+#
+# `make bench-gateway` (also run by `make bench`; installs nginx with apt the first time): issue 10's
+# P5, the gateway's proxy overhead next to a direct connection and nginx (1 board, rkllm-sim sped up,
+# hack/loadgen), and P6, LeastLoad vs RoundRobin under a skewed mix and PrefixAffinity vs RoundRobin
+# on multi-turn conversations (3 boards at vendor speed), each on its own private test cluster
+# (~9 min). Writes docs/bench/gateway.{md,json} and gateway-p5.png, gateway-p6.png; options via
+# BENCH_GATEWAY_ARGS (see hack/bench/gateway_bench.py --help, e.g. "--only p5").
+.PHONY: bench bench-npu bench-controller bench-distribution bench-gateway
 bench:
 	hack/bench/run.sh $(BENCH_ARGS)
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
 	$(MAKE) --no-print-directory bench-controller
 	$(MAKE) --no-print-directory bench-distribution
+	$(MAKE) --no-print-directory bench-gateway
 
 bench-npu:
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
@@ -32,3 +40,8 @@ bench-controller:
 bench-distribution:
 	cargo build --release -p rockchip-llama-agent
 	py=$$(hack/pyenv.sh) && $$py hack/bench/p7_distribution.py --agent $(AGENT) $(BENCH_DISTRIBUTION_ARGS)
+
+bench-gateway:
+	hack/bench/install-nginx.sh >/dev/null
+	cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator -p rockchip-llama-loadgen
+	py=$$(hack/pyenv.sh) && $$py hack/bench/gateway_bench.py $(BENCH_GATEWAY_ARGS)

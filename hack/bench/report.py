@@ -176,6 +176,12 @@ def markdown_report(results: dict, md_table: str) -> str:
         "The NPU engine (RKLLM, measured against rkllm-sim: agent overhead, concurrency, n_batch, prompt "
         "cache) is in [`npu.md`](npu.md) (`make bench-npu`, also run by `make bench`).",
         "",
+        "The cluster benchmarks, also run by `make bench`: model distribution between boards over shaped\n"
+        "100 Mbit/s links (P7) in [`distribution.md`](distribution.md) (`make bench-distribution`), the\n"
+        "controller at 300 Boards × 1000 ModelDeployments (P8) in [`controller-scale.md`](controller-scale.md)\n"
+        "(`make bench-controller`), and the gateway — its proxy overhead next to a direct connection and nginx\n"
+        "(P5), and its routing policies compared (P6) — in [`gateway.md`](gateway.md) (`make bench-gateway`).",
+        "",
         "**Caveat:** this VM drifts ±15 % within minutes, so absolute tok/s are only indicative; the "
         "ratios are what counts. They are computed per round from runs interleaved in one invocation "
         f"(round order alternates theirs/ours, ours/theirs …; {c['rounds']} rounds × {c['reps']} requests per "

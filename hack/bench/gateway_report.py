@@ -1,0 +1,425 @@
+"""docs/bench/gateway.md and its plots from the result gateway_bench.py collects (also alone:
+`hack/bench/gateway_bench.py --render docs/bench/gateway.json`). The notes that explain a result are
+chosen by the numbers, so a rerun after a fix does not keep an outdated explanation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+P5_PNG = "gateway-p5.png"
+P6_PNG = "gateway-p6.png"
+COLORS = {"direct": "#4c72b0", "gateway": "#dd8452", "nginx": "#55a868", "LeastLoad": "#4c72b0",
+          "RoundRobin": "#c44e52", "PrefixAffinity": "#8172b3"}
+
+
+def f(x, nd: int = 2) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+# === plots ===
+
+
+def plot_p5(p5: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    concs = [str(c) for c in p5["concurrency"]]
+    targets = ("direct", "gateway", "nginx")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    width = 0.26
+    for ax, metric, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "total_ms", "whole answer")):
+        for i, t in enumerate(targets):
+            xs = [k + (i - 1) * width for k in range(len(concs))]
+            p50 = [p5["by_concurrency"][c][t][metric]["p50"] for c in concs]
+            p99 = [p5["by_concurrency"][c][t][metric]["p99"] for c in concs]
+            ax.bar(xs, p99, width, color=COLORS[t], alpha=0.35)
+            ax.bar(xs, p50, width, color=COLORS[t], label=f"{t} (solid p50, light p99)")
+        if metric == "ttft_ms":
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(concs)), [f"{c} clients" for c in concs])
+        ax.set_ylabel("ms (log scale)" if metric == "ttft_ms" else "ms")
+        ax.set_title(f"P5 {title}")
+        ax.grid(axis="y", alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    ax = axes[2]
+    for i, t in enumerate(targets):
+        xs = [k + (i - 1) * width for k in range(len(concs))]
+        ax.bar(xs, [p5["by_concurrency"][c][t]["rps"] for c in concs], width, color=COLORS[t], label=t)
+    ax.set_xticks(range(len(concs)), [f"{c} clients" for c in concs])
+    ax.set_ylabel("requests / s (median of rounds)")
+    ax.set_title("P5 throughput")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def plot_p6(p6: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = list(p6["levels"])
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
+    for ax, level in zip((axes[0][0], axes[0][1]), levels[:2]):
+        for policy, s in p6["levels"][level]["policies"].items():
+            xs = sorted(r["ttft"] for r in s["records"] if r["ttft"] is not None)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.step(xs, ys, where="post", color=COLORS[policy],
+                    label=f"{policy}: p50 {f(s['ttft_s']['p50'])} s, p99 {f(s['ttft_s']['p99'])} s")
+        ax.axhline(0.99, color="grey", lw=0.7, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("TTFT, s (log scale; from the scheduled send time)")
+        ax.set_ylabel("fraction of requests")
+        e = p6["levels"][level]
+        ax.set_title(f"P6 part A: TTFT CDF at {level}x capacity ({e['requests']} requests, {e['long']} long)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    ax = axes[1][0]
+    level = levels[0]
+    for policy, s in p6["levels"][level]["policies"].items():
+        for kind, marker in (("short", "o"), ("long", "^")):
+            pts = [(r["at"], r["ttft"]) for r in s["records"] if r["ttft"] is not None and r["kind"] == kind]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, color=COLORS[policy],
+                       alpha=0.6, label=f"{policy}, {kind}")
+    ax.set_xlabel("scheduled send time, s")
+    ax.set_ylabel("TTFT, s")
+    ax.set_title(f"P6 part A at {level}x: TTFT by arrival (first come, first served would rise steadily)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax = axes[1][1]
+    conv = p6["conversations"]
+    kinds = [("hit_rate", "all requests"), ("hit_rate_first_turn", "first turns"),
+             ("hit_rate_later_turns", "later turns")]
+    width = 0.38
+    for i, (policy, s) in enumerate(conv.items()):
+        xs = [k + (i - 0.5) * width for k in range(len(kinds))]
+        vals = [100 * s[k] for k, _ in kinds]
+        bars = ax.bar(xs, vals, width, color=COLORS[policy], label=policy)
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:.0f} %", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    ax.axhline(90, color="grey", lw=0.8, ls="--", label="target 90 % (PrefixAffinity)")
+    ax.set_xticks(range(len(kinds)), [k for _, k in kinds])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("prefix-cache hit rate, %")
+    ax.set_title("P6 part B: hit rate, multi-turn conversations over 8 system prompts")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[2][0]
+    for i, (policy, s) in enumerate(conv.items()):
+        turns = s.get("ttft_by_turn_s", [])
+        xs = [k + 1 + (i - 0.5) * width for k in range(len(turns))]
+        ax.bar(xs, turns, width, color=COLORS[policy], label=f"{policy} (mean {f(s['ttft_mean_s'])} s)")
+    ax.set_xticks(range(1, 1 + max((len(s.get("ttft_by_turn_s", [])) for s in conv.values()), default=0)))
+    ax.set_xlabel("turn of the conversation")
+    ax.set_ylabel("mean TTFT, s")
+    ax.set_title("P6 part B: TTFT by turn")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[2][1]
+    runs = [(f"A {lv}x\n{pol}", s["per_board"]) for lv in levels for pol, s in p6["levels"][lv]["policies"].items()]
+    runs += [(f"B\n{pol}", s["per_board"]) for pol, s in conv.items()]
+    boards = sorted({b for _, pb in runs for b in pb})
+    width = 0.8 / max(1, len(boards))
+    for j, b in enumerate(boards):
+        xs = [k + (j - (len(boards) - 1) / 2) * width for k in range(len(runs))]
+        ax.bar(xs, [100 * pb.get(b, 0) / max(1, sum(pb.values())) for _, pb in runs], width, label=b)
+    ax.axhline(100 / max(1, len(boards)), color="grey", lw=0.7, ls=":")
+    ax.set_xticks(range(len(runs)), [r for r, _ in runs], fontsize=8)
+    ax.set_ylabel("share of the run's requests, %")
+    ax.set_title("P6 requests per board")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# === report ===
+
+
+def p5_section(p5: dict) -> str:
+    concs = [str(c) for c in p5["concurrency"]]
+    rows = []
+    for c in concs:
+        for t in ("direct", "gateway", "nginx"):
+            s = p5["by_concurrency"][c][t]
+            a = s.get("added_ms")
+            cpu = s["cpu_us_per_request"]
+            proxy_cpu = {"gateway": cpu.get("operator"), "nginx": cpu.get("nginx")}.get(t)
+            added = "" if not a else (f"{f(a['ttft_p50'])} / {f(a['ttft_p99'])} | {f(a['total_p50'])} / "
+                                      f"{f(a['total_p99'])}")
+            rows.append(f"| {c} | {t} | {s['rps']:.0f} | {f(s['ttft_ms']['p50'])} / {f(s['ttft_ms']['p99'])} | "
+                        f"{f(s['total_ms']['p50'])} / {f(s['total_ms']['p99'])} | {added or '– | –'} | "
+                        f"{f(proxy_cpu, 0) if proxy_cpu is not None else '–'} | {f(cpu.get('agent'), 0)} | "
+                        f"{s['requests']} ({s['errors']} errors) |")
+    v = p5["verdict"]
+    gw = [p5["by_concurrency"][c]["gateway"]["added_ms"] for c in concs]
+    ng = [p5["by_concurrency"][c]["nginx"]["added_ms"] for c in concs]
+    worst = lambda rows, k: max(r[k] for r in rows)  # noqa: E731
+    mr = p5["max_rps"]
+    notes = []
+    direct1 = p5["by_concurrency"][concs[0]]["direct"]
+    if worst(gw, "ttft_p50") >= 30:
+        notes.append(
+            f"- **The gateway's ~{worst(gw, 'ttft_p50'):.0f} ms is a TCP artefact, not work.** The gateway writes the "
+            "answer to the client in one `writev` per SSE event, on a socket without `TCP_NODELAY` (`axum::serve` "
+            "does not set it; `operator/src/gateway/http.rs` `serve` passes the bare `TcpListener`). Nagle's "
+            "algorithm holds the second small write until the client acknowledges the first, and the client "
+            "delays that ACK by ~40 ms (Linux's minimum delayed-ACK time). nginx sets `tcp_nodelay on` by "
+            "default and adds a fraction of a millisecond. The CPU the gateway spends per request (column "
+            "above) is the better measure of its own cost.")
+    if direct1["total_ms"]["p50"] >= 30 and direct1["ttft_ms"]["p50"] < 10:
+        notes.append(
+            f"- **The agent shows the same stall at the end of every answer**: direct, the first token comes after "
+            f"{f(direct1['ttft_ms']['p50'])} ms but the stream ends after {f(direct1['total_ms']['p50'])} ms "
+            "(p50, 1 client), although the simulated generation takes well under a millisecond; its listener "
+            "(axum as well) does not set `TCP_NODELAY` either. It hits all three paths alike, so it cancels out of "
+            "the added latencies, but it caps one client at ~1 / 44 ms ≈ 23 requests/s and hides sub-millisecond "
+            "differences in the totals.")
+    top = concs[-1]
+    gcpu = p5["by_concurrency"][top]["gateway"]["cpu_us_per_request"].get("operator")
+    ncpu = p5["by_concurrency"][top]["nginx"]["cpu_us_per_request"].get("nginx")
+    if gcpu and ncpu and gcpu > 2 * ncpu:
+        notes.append(
+            f"- **The gateway also costs more CPU**: {gcpu:.0f} µs per request at {top} clients against nginx's "
+            f"{ncpu:.0f} µs ({gcpu / ncpu:.1f}×). On two shared cores that CPU comes out of the agent's and the "
+            f"client's share, which is why its throughput at {top} clients is {mr['gateway']:.0f} requests/s "
+            f"against nginx's {mr['nginx']:.0f}, and why its TTFT grows with the load beyond the TCP stall.")
+    lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
+             ("direct", "gateway", "nginx"))
+    return f"""## P5: proxy overhead
+
+| clients | path | req/s | TTFT ms p50 / p99 | total ms p50 / p99 | added TTFT ms p50 / p99 | added total ms p50 / p99 | proxy CPU µs/req | agent CPU µs/req | requests |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+"Added" = the path's percentile minus the direct path's, from all rounds pooled. Per round, the
+gateway's added TTFT p50 ranged {', '.join(f"{f(g['ttft_p50_round_range'][0])}…{f(g['ttft_p50_round_range'][1])}" for g in gw)} ms and
+nginx's {', '.join(f"{f(n['ttft_p50_round_range'][0])}…{f(n['ttft_p50_round_range'][1])}" for n in ng)} ms (at {', '.join(concs)} clients).
+Maximum throughput (the best concurrency's median): direct {mr['direct']:.0f}, gateway {mr['gateway']:.0f},
+nginx {mr['nginx']:.0f} requests/s.
+
+| target (issue 10) | measured (worst concurrency) | |
+|---|---|---|
+| gateway adds ≤ 0.5 ms at p50 | TTFT {f(worst(gw, 'ttft_p50'))} ms, total {f(worst(gw, 'total_p50'))} ms | {verdict(v['gateway_p50_ok'])} |
+| gateway adds ≤ 2 ms at p99 | TTFT {f(worst(gw, 'ttft_p99'))} ms, total {f(worst(gw, 'total_p99'))} ms | {verdict(v['gateway_p99_ok'])} |
+| gateway at least as fast as nginx | nginx adds TTFT p50 {f(worst(ng, 'ttft_p50'))} ms; max req/s gateway {mr['gateway']:.0f} vs nginx {mr['nginx']:.0f} | {verdict(v['gateway_vs_nginx_ok'])} |
+
+![P5: latency and throughput per path](gateway-p5.png)
+
+{chr(10).join(notes)}
+
+Setup: 1 board, rkllm-sim × {p5['speedup']} (`RKLLM_SIM_SPEEDUP`), ModelDeployment nBatch 1, gateway flags
+`{p5['gateway_args']}` (it never holds a request back), agent defaults (`--parallel 1`, `--max-queue 64`).
+Load: `hack/loadgen` (Rust, hyper, one thread), N clients each on one keep-alive connection sending
+`{p5['body']['messages'][0]['content']}` streamed with max_tokens {p5['body']['max_tokens']}, back to back; TTFT = the first SSE event
+with text, total = the end of the stream. {p5['rounds']} rounds × {len(concs)} concurrencies × 3 paths, each run
+{p5['warmup_s']} s warm-up + {p5['duration_s']} s measured; within a round the order of the paths rotates. nginx:
+{p5['nginx']}, `worker_processes auto`, upstream `keepalive 256`, `proxy_http_version 1.1`,
+`proxy_buffering off`, access log on (the gateway logs each request too). CPU per request from
+`/proc/<pid>/stat` around each run, divided by the requests sent (warm-up included): the gateway's is
+the whole operator process (its controller is idle here; at 1 client the idle work of every process
+weighs on few requests). The load generator used at most {lg:.0f} µs of CPU per request.
+"""
+
+
+def p6_section(p6: dict) -> str:
+    cal = p6["calibration"]
+    levels = list(p6["levels"])
+    rows = []
+    for lv in levels:
+        e = p6["levels"][lv]
+        for pol, s in e["policies"].items():
+            t = s["ttft_s"]
+            rows.append(f"| {lv}× ({e['rate_rps']:.2f}/s) | {pol} | {s['ok']}/{s['requests']} | {f(t['p50'])} | "
+                        f"{f(t['p90'])} | {f(t['p99'])} | {f(s['ttft_short_s']['p99'])} | {f(t['mean'])} | "
+                        f"{', '.join(f'{v}' for v in s['per_board'].values())} |")
+    first = p6["levels"][levels[0]]
+    ratio = first["p99_ratio_ll_rr"]
+    conv = p6["conversations"]
+    cs = p6["conversation_setup"]
+    crow = []
+    for pol, s in conv.items():
+        bc = s["board_counters"]
+        crow.append(f"| {pol} | {100 * s['hit_rate']:.0f} % | {100 * s['hit_rate_first_turn']:.0f} % | "
+                    f"{100 * s['hit_rate_later_turns']:.0f} % | {f(s['ttft_mean_s'])} | {f(s['ttft_p99_s'])} | "
+                    f"{s['cached_tokens_mean']:.0f} / {s['prompt_tokens_mean']:.0f} | "
+                    f"{', '.join(str(v) for v in s['per_board'].values())} | "
+                    f"{', '.join(str(v) for v in s['apps_per_board'].values())} | "
+                    f"{bc.get('prompt_cache_loads', 0)} / {bc.get('prompt_cache_creates', 0)} |")
+    pa = conv.get("PrefixAffinity", {})
+    rr = conv.get("RoundRobin", {})
+    bound = (cs["turns"] - 1) / cs["turns"]
+    # RoundRobin's first choices per board (routing decisions with reason "turn") tell which
+    # RoundRobin ran: a strict rotation gives every board the same count (±1); one that falls back
+    # to a board with room when its turn is full does not.
+    notes = []
+    rr_a = first["policies"].get("RoundRobin", {})
+    turns: dict[str, int] = {}
+    for k, v in rr_a.get("decisions", {}).items():
+        board, _, reason = k.rpartition("/")
+        if reason == "turn":
+            turns[board] = turns.get(board, 0) + v
+    counts = [turns[b] for b in sorted(turns)]
+    if counts and max(counts) - min(counts) > 1 and ratio is not None and ratio > 0.5:
+        notes.append(
+            "- **Why LeastLoad and RoundRobin end up close.** The gateway binds late: a board takes at most its "
+            "slots (nBatch 1) + `--board-queue` (1) requests, the rest wait at the gateway, and when "
+            "RoundRobin's turn is full it picks again among the boards that are not (its first choices per "
+            f"board were {', '.join(map(str, counts))}, not a strict rotation). So it never piles requests on "
+            "one busy board while another idles, which is what makes naive round robin slow under a skewed "
+            "mix. Above capacity both keep every board busy and the wait at the gateway dominates TTFT. What "
+            "remains is the one request each board may hold beyond its slot: both policies may park a short "
+            "request there behind a long one (LeastLoad counts requests, not their cost), which sets the p99 "
+            "below capacity.")
+    elif counts and max(counts) - min(counts) <= 1:
+        notes.append(
+            f"- RoundRobin rotated strictly (first choices per board {', '.join(map(str, counts))}): a board "
+            "got its turn whatever it already held, so a short request could queue on a board behind a long "
+            "one while another board was free; LeastLoad sends it to the least loaded board and holds it at "
+            "the gateway when every board is full.")
+    if pa and all(s["hit_rate_first_turn"] == 0 for s in conv.values()) and \
+            all(s["board_counters"].get("prompt_cache_loads", 0) == 0 for s in conv.values()):
+        notes.append(
+            "- **No request reused a system prompt it had not itself sent on an earlier turn** (0 % of first "
+            "turns hit, no prompt-cache file loaded or created on any board). In cluster mode the agent loads "
+            "the model from its store as `blobs/sha256-…`, so it cannot tell the model's family from the file "
+            "name (`Family::detect`), treats the chat template as fixed, and folds every system prompt into the "
+            "first user message: the system-prompt part of the KV cache (`keep_system`) and the RKLLM "
+            "prompt-cache files never apply. Only the next turn of the conversation a board just ran can reuse "
+            f"its cache, so with {cs['turns']} turns per conversation no policy can exceed {100 * bound:.0f} %.")
+    over = p6["levels"][levels[0]]["policies"]
+    unfair = []
+    for pol, s in over.items():
+        dec = s.get("ttft_by_arrival_decile_s") or []
+        if len(dec) == 10 and max(dec[:7]) > 1.3 * dec[-1]:
+            w = s["worst"]
+            unfair.append(f"{pol} {', '.join(f'{d:.1f}' for d in dec)} s (its slowest request, sent at "
+                          f"{w['at']:.1f} s, waited {w['ttft']:.1f} s for its first token while {w['overtaken_by']} "
+                          f"requests sent after it got theirs sooner)")
+    if unfair:
+        refused = sum(s["errors"] for s in over.values())
+        notes.append(
+            f"- **The gateway's queue is not first come, first served**, and above capacity that, not the policy, "
+            f"sets the p99. With more arrivals than the boards serve, the backlog grows until arrivals stop, so "
+            f"in a FIFO queue the wait rises from one arrival decile to the next; the mean TTFT per arrival decile "
+            f"at {levels[0]}× was instead: {'; '.join(unfair)}. See the scatter plot."
+            + (f" {refused} request(s) got 429 after the 30 s `--queue-timeout`." if refused else "")
+            + " In `operator/src/gateway/dispatch.rs` `acquire`, newcomers do not overtake waiters, but among "
+            "the waiters whichever task runs first after a wake-up (`Notify::notify_waiters` wakes them all; a "
+            "250 ms backstop timer wakes each too) takes the board that freed up; nothing orders them by arrival.")
+    if pa and rr and pa["ttft_mean_s"] > rr["ttft_mean_s"]:
+        notes.append(
+            f"- **PrefixAffinity's TTFT is higher** ({f(pa['ttft_mean_s'])} s mean against {f(rr['ttft_mean_s'])} s) "
+            "even though it hits more often: a request goes to its system prompt's board while that board is "
+            "under the CHWBL cap (⌈mean load × 1.25⌉, never below its slots), which with "
+            f"{cs['users']} users on {p6['boards']} boards lets it wait there behind another user's turn (the "
+            "`--board-queue 1` place) while another board idles. With 8 system prompts the boards got "
+            f"{', '.join(str(v) for v in pa['apps_per_board'].values())} of them and "
+            f"{', '.join(str(v) for v in pa['per_board'].values())} requests.")
+    if pa:
+        notes.append(
+            f"- PrefixAffinity keeps a conversation on one board, so its later turns hit "
+            f"{100 * pa['hit_rate_later_turns']:.0f} % of the time against RoundRobin's "
+            f"{100 * rr.get('hit_rate_later_turns', 0):.0f} %; they miss when another user's conversation ran "
+            "on the same board in between (nBatch 1: the KV cache holds one conversation), or when a request "
+            "spilled over to another board.")
+    return f"""## P6: routing policies
+
+### Part A: LeastLoad vs RoundRobin under a skewed mix
+
+Calibrated service time (sequential, through the gateway): short {f(cal['service_s']['short'])} s, long
+{f(cal['service_s']['long'])} s; the mix's mean {f(cal['mean_service_s'])} s, so capacity = {p6['boards']} boards /
+{f(cal['mean_service_s'])} s = {f(cal['capacity_rps'])} requests/s.
+
+| offered load | policy | answered | TTFT p50 s | p90 s | p99 s | p99 of short requests s | mean s | requests per board |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+| target (issue 10) | measured | |
+|---|---|---|
+| LeastLoad p99 TTFT ≤ 0.5 × RoundRobin's at {levels[0]}× capacity | {f(first['policies']['LeastLoad']['ttft_s']['p99'])} s vs {f(first['policies']['RoundRobin']['ttft_s']['p99'])} s: {f(ratio)} × | {verdict(ratio is not None and ratio <= 0.5)} |
+{''.join(f"| (info) the same at {lv}× | {f(p6['levels'][lv]['p99_ratio_ll_rr'])} × | |{chr(10)}" for lv in levels[1:])}
+### Part B: PrefixAffinity vs RoundRobin on multi-turn conversations
+
+{cs['users']} users, {cs['conversations']} conversations × {cs['turns']} turns, {cs['apps']} system prompts of
+{min(cs['system_tokens'])}–{max(cs['system_tokens'])} tokens (each longer than routing.prefixChars {cs['prefix_chars']}: the
+affinity key is the system prompt), {cs['think_s']} s between a user's turns, max_tokens {cs['max_tokens']}.
+
+| policy | hit rate | first turns | later turns | mean TTFT s | p99 TTFT s | cached / prompt tokens (mean) | requests per board | system prompts per board | prompt-cache files loaded / created |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(crow)}
+
+| target (issue 10) | measured | |
+|---|---|---|
+| PrefixAffinity hit rate ≥ 90 % | {100 * pa.get('hit_rate', 0):.0f} % | {verdict(pa.get('hit_rate', 0) >= 0.9)} |
+
+**Hit**: the board reused at least the shared prefix, i.e. the agent's
+`usage.prompt_tokens_details.cached_tokens` (prompt tokens served from the KV cache; the agent counts
+the conversation its KV cache still held) is at least the system prompt's length in tokens. A system
+prompt served from an RKLLM prompt-cache file would not show there (the agent reports 0 cached tokens
+for it), so the boards' `prompt_cache_loads` / `prompt_cache_creates` counters over the run are shown
+next to it.
+
+![P6: TTFT CDFs, hit rates, requests per board](gateway-p6.png)
+
+{chr(10).join(notes)}
+
+Setup: {p6['boards']} boards, rkllm-sim at the vendor's speed (Qwen3-0.6B-sim: 199 ms per 128 prompt
+tokens, 32.9 tokens/s), nBatch 1, the gateway's defaults (`--board-queue 1`, `--queue-depth 256`,
+`--queue-timeout 30s`). Part A: {int(100 * p6['short_share'])} % short requests (~20-token prompt, max_tokens
+{p6['short_max_tokens']}) and {100 - int(100 * p6['short_share'])} % long ones (~1000-token prompt, max_tokens {p6['long_max_tokens']}; the sim answers 12–47
+words), Poisson arrivals over {p6['window_s']:.0f} s, seed {p6['seed']}; one schedule per load level, replayed
+once per policy (the order alternates between levels); every prompt opens with a nonce so nothing is
+reused. TTFT counts from the scheduled send time (queueing at the gateway included); p99 of
+{first['requests']} requests is close to the maximum. Strategies are switched by re-applying the
+ModelDeployment's `routing.strategy`; each run starts with idle boards.
+"""
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    parts = []
+    if "p5" in result:
+        parts.append(p5_section(result["p5"]))
+    if "p6" in result:
+        parts.append(p6_section(result["p6"]))
+    return f"""# Gateway benchmarks (issue 10): proxy overhead (P5) and routing policies (P6)
+
+Generated by `make bench-gateway` on {env['date']} at `{env['commit']}`, {env['minutes']} min in all. Raw
+numbers: [gateway.json](gateway.json) (P5 as percentiles per path and concurrency, P6 every request).
+
+```sh
+make bench-gateway     # = cargo build --release (agent, operator, loadgen); {result['command']}
+```
+
+`hack/bench/gateway_bench.py --help` lists the knobs (`--only p5|p6`, rounds, durations, load levels,
+seed); `--render docs/bench/gateway.json` rewrites this page and the plots from the JSON.
+
+**Caveats.** One shared {env['cpus']}-core machine ({env['cpu']}, Linux {env['kernel']}) runs
+everything: the API server, etcd, the operator and gateway, the agents, nginx and the load generator
+(1-minute load average {env['loadavg_before']:.2f} before, {env.get('loadavg_after', 0):.2f} after). rkllm-sim stands in for
+the RK3588 NPU: it sleeps the vendor's prefill and decode times (or 1/1000 of them for P5) and runs
+the agent's real RKLLM code path, but it is not a board. Absolute numbers are indicative; what counts is
+the comparison inside one run.
+
+{chr(10).join(parts)}"""
+
+
+def write(result: dict, out: Path) -> None:
+    notes = []
+    try:
+        if "p5" in result:
+            plot_p5(result["p5"], out / P5_PNG)
+        if "p6" in result:
+            plot_p6(result["p6"], out / P6_PNG)
+    except ImportError as e:
+        notes.append(f"no plots: {e}")
+    (out / "gateway.md").write_text(markdown(result) + "".join(f"\n_{n}_\n" for n in notes))
