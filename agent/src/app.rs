@@ -320,6 +320,13 @@ impl Agent {
         tracing::info!(addr = %listener.local_addr().map_err(AgentError::Serve)?, "serving OpenAI (/v1) and Ollama (/api) APIs");
         self.state.ready.store(true, Ordering::SeqCst);
         let stop = CancellationToken::new();
+        // TCP_NODELAY: answers stream as many small writes (one per token); with Nagle's algorithm
+        // each waits for the client's delayed ACK (~40 ms on Linux), as `make bench-gateway` showed.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut server = std::pin::pin!(server.into_future());
         let grace = self.config.shutdown_grace;

@@ -3,7 +3,8 @@
 //! A board can take a request now when its load for the model is below its slots plus
 //! `board_queue` (a request or so waiting on the board, so it starts the next without waiting for
 //! a round trip to the gateway). The policy picks among every routable board; when its pick is
-//! full, it picks again among the boards that are not. When none can take it, the request waits
+//! full, LeastLoad and PrefixAffinity pick again among the boards that are not; RoundRobin sends
+//! to its turn anyway (a plain rotation, the baseline the others are measured against). When none can take it, the request waits
 //! in the model's queue: bounded in length (`queue_depth`, then 429 at once) and in time
 //! (`queue_timeout`, then 429 with Retry-After). Each finished request, board report and table
 //! change wakes the waiters.
@@ -105,7 +106,11 @@ fn try_pick(gw: &Gateway, route: &Route, key: &str, tried: &[String]) -> Pick {
     let Some((i, reason)) = policy::pick(route.strategy, &candidates, ask, &mut random) else {
         return Pick::NoBoard;
     };
-    let (board, reason) = if open(&candidates[i]) {
+    // RoundRobin is the plain rotation a Service would do: its turn, full or not (the board
+    // queues it; its own 429 then passes the request on). The load-aware policies hold requests
+    // here instead of sending them to a full board.
+    let rotate = route.strategy == RoutingStrategy::RoundRobin;
+    let (board, reason) = if rotate || open(&candidates[i]) {
         (candidates[i].board.clone(), reason)
     } else {
         let free: Vec<Candidate> = candidates.iter().filter(|c| open(c)).cloned().collect();

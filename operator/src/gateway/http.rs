@@ -129,6 +129,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>, stop: CancellationToken) -> Result<(), Error> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "gateway listening");
+    // TCP_NODELAY: an answer streams as many small writes (one per SSE event or NDJSON line);
+    // with Nagle's algorithm each waits for the client's delayed ACK (~40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "gateway: cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(gw))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
