@@ -191,7 +191,7 @@ def p5_section(p5: dict) -> str:
             f"- **The gateway also costs more CPU**: {gcpu:.0f} µs per request at {top} clients against nginx's "
             f"{ncpu:.0f} µs ({gcpu / ncpu:.1f}×). On two shared cores that CPU comes out of the agent's and the "
             f"client's share, which is why its throughput at {top} clients is {mr['gateway']:.0f} requests/s "
-            f"against nginx's {mr['nginx']:.0f}, and why its TTFT grows with the load beyond the TCP stall.")
+            f"against nginx's {mr['nginx']:.0f}, and why what it adds grows with the number of clients.")
     lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
              ("direct", "gateway", "nginx"))
     return f"""## P5: proxy overhead
@@ -280,21 +280,15 @@ def p6_section(p6: dict) -> str:
             "request there behind a long one (LeastLoad counts requests, not their cost), which sets the p99 "
             "below capacity.")
     elif counts and max(counts) - min(counts) <= 1:
+        ll_t, rr_t = first["policies"]["LeastLoad"]["ttft_s"], first["policies"]["RoundRobin"]["ttft_s"]
         notes.append(
             f"- RoundRobin rotated strictly (first choices per board {', '.join(map(str, counts))}): a board "
             "got its turn whatever it already held, so a short request could queue on a board behind a long "
             "one while another board was free; LeastLoad sends it to the least loaded board and holds it at "
-            "the gateway when every board is full.")
-    if pa and all(s["hit_rate_first_turn"] == 0 for s in conv.values()) and \
-            all(s["board_counters"].get("prompt_cache_loads", 0) == 0 for s in conv.values()):
-        notes.append(
-            "- **No request reused a system prompt it had not itself sent on an earlier turn** (0 % of first "
-            "turns hit, no prompt-cache file loaded or created on any board). In cluster mode the agent loads "
-            "the model from its store as `blobs/sha256-…`, so it cannot tell the model's family from the file "
-            "name (`Family::detect`), treats the chat template as fixed, and folds every system prompt into the "
-            "first user message: the system-prompt part of the KV cache (`keep_system`) and the RKLLM "
-            "prompt-cache files never apply. Only the next turn of the conversation a board just ran can reuse "
-            f"its cache, so with {cs['turns']} turns per conversation no policy can exceed {100 * bound:.0f} %.")
+            f"the gateway when every board is full. At {levels[0]}×, TTFT p50 was {f(ll_t['p50'])} s with LeastLoad "
+            f"and {f(rr_t['p50'])} s with RoundRobin, the mean {f(ll_t['mean'])} s and {f(rr_t['mean'])} s; the p99 "
+            "is another matter (next point): the boards' own queues, where RoundRobin's requests wait, serve in "
+            "arrival order (a fair semaphore in the agent), the gateway's queue does not.")
     over = p6["levels"][levels[0]]["policies"]
     unfair = []
     for pol, s in over.items():
@@ -315,6 +309,16 @@ def p6_section(p6: dict) -> str:
             + " In `operator/src/gateway/dispatch.rs` `acquire`, newcomers do not overtake waiters, but among "
             "the waiters whichever task runs first after a wake-up (`Notify::notify_waiters` wakes them all; a "
             "250 ms backstop timer wakes each too) takes the board that freed up; nothing orders them by arrival.")
+    if pa and all(s["hit_rate_first_turn"] == 0 for s in conv.values()) and \
+            all(s["board_counters"].get("prompt_cache_loads", 0) == 0 for s in conv.values()):
+        notes.append(
+            "- **No request reused a system prompt it had not itself sent on an earlier turn** (0 % of first "
+            "turns hit, no prompt-cache file loaded or created on any board). In cluster mode the agent loads "
+            "the model from its store as `blobs/sha256-…`, so it cannot tell the model's family from the file "
+            "name (`Family::detect`), treats the chat template as fixed, and folds every system prompt into the "
+            "first user message: the system-prompt part of the KV cache (`keep_system`) and the RKLLM "
+            "prompt-cache files never apply. Only the next turn of the conversation a board just ran can reuse "
+            f"its cache, so with {cs['turns']} turns per conversation no policy can exceed {100 * bound:.0f} %.")
     if pa and rr and pa["ttft_mean_s"] > rr["ttft_mean_s"]:
         notes.append(
             f"- **PrefixAffinity's TTFT is higher** ({f(pa['ttft_mean_s'])} s mean against {f(rr['ttft_mean_s'])} s) "
