@@ -45,15 +45,17 @@ COPY . .
 # - the agent gets llama.cpp's OpenMP runtime from the gcc that linked it (the slim base has no
 #   libgomp), the CA bundle for model downloads, and /models owned by its user, so that a fresh
 #   named volume mounted there is writable too.
-# CARGO_HOME defaults to the rust image's. For the agent `make test-image` passes the build
-# machine's own and lays that machine's cargo registry and target directory under the two caches
-# (copy-on-write), so a native build finds what the machine's `cargo build --release` compiled:
-# cargo's fingerprints include the registry's path (docs/development.md, "Container images").
-ARG CARGO_HOME=/usr/local/cargo
+# CARGO_HOME_DIR: cargo's home for the build, default the rust image's. For the agent `make
+# test-image` passes the build machine's own and lays that machine's cargo registry and target
+# directory under the two caches (copy-on-write), so a native build finds what the machine's
+# `cargo build --release` compiled: cargo's fingerprints include the registry's path
+# (docs/development.md, "Container images"). Not named CARGO_HOME: the image's ENV would win.
+ARG CARGO_HOME_DIR=/usr/local/cargo
 ARG COMPONENT
-RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=${CARGO_HOME}/registry \
+RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=${CARGO_HOME_DIR}/registry \
     --mount=type=cache,id=rockchip-llama-cargo-target-${TARGETARCH},target=/cargo-target \
     set -eu; \
+    export CARGO_HOME="$CARGO_HOME_DIR"; \
     case "$TARGETARCH" in \
       amd64) arch=x86_64 ;; \
       arm64) arch=aarch64 ;; \

@@ -19,7 +19,7 @@
 # directory ($CARGO_TARGET_DIR) instead of empty: each cache directory gets an overlay mount for
 # the build, the machine's directory as its read-only lower layer and a private upper layer under
 # ~/.cache/rockchip-llama/buildah/seed/ taking every write, so the machine's own build is never
-# touched. With CARGO_HOME passed through as a build argument the registry's path, part of cargo's
+# touched. With CARGO_HOME passed through (build argument CARGO_HOME_DIR) the registry's path, part of cargo's
 # fingerprints, is the same inside, and what `make build` compiled (llama.cpp included) is fresh.
 # Only the agent: the operator image's static build has no counterpart on the machine.
 set -euo pipefail
@@ -81,7 +81,7 @@ else
     }
     seed "$host_cargo_home/registry" rockchip-llama-cargo-registry
     seed "$host_target" "rockchip-llama-cargo-target-$arch"
-    build_args+=(--build-arg "CARGO_HOME=$host_cargo_home")
+    build_args+=(--build-arg "CARGO_HOME_DIR=$host_cargo_home")
   fi
   log "building $name for linux/$arch with buildah $(buildah --version | awk '{print $3}') (bases: ${IMAGE_BASES:-standins})"
   # BUILD* are passed explicitly: buildah 1.28 fills them in only after it has resolved the
