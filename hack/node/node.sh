@@ -50,10 +50,11 @@ NODE_CONTROLLERS="daemonset-controller,endpointslice-controller,node-lifecycle-c
 START_TIMEOUT=60
 READY_TIMEOUT=120
 DRAIN_TIMEOUT=90
-# Paths outside $DIR that the kubelet, libcni or containerd may create.
+# Paths outside $DIR that the kubelet, libcni or containerd may create, and the chart phase's
+# stand-in NPU device directory (the device plugin's values only take paths under /dev).
 HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd
   /run/netns /var/run/netns /usr/libexec/kubernetes /etc/cni /opt/cni /var/lib/containerd
-  /etc/kubernetes /var/lib/kube-proxy)
+  /etc/kubernetes /var/lib/kube-proxy /dev/rockchip-llama-testnode)
 
 log() { printf '[testnode %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {

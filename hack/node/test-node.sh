@@ -10,14 +10,18 @@
 #          host; `kubectl logs`; `kubectl exec`; and in-cluster
 #          API access from the pod with its projected service-account token: discovery and a
 #          SelfSubjectReview through https://<kubernetes ClusterIP>, certificate verified.
-#   chart  the project's Helm chart with the product images: runs hack/node/chart-phase.sh when it
-#          exists (skipped, saying so, until then). Its contract: the environment holds KUBECONFIG,
+#   chart  hack/node/chart-phase.sh: the project's Helm chart with the product images (hack/image's
+#          OCI archives, imported with node.sh load-image) on one simulated RK3588 board: lint,
+#          server-side dry run, install, pods Ready, the NPU device plugin, the Board Ready, logs,
+#          exec doctor, RBAC and the admission policy with the pods' own tokens, a GGUF and an
+#          .rkllm ModelDeployment served to the official openai client through the gateway's
+#          ClusterIP, helm upgrade, helm uninstall (docs/node-tier.md, "The chart phase"). Skipped,
+#          saying so, when that file is absent. Its contract: the environment holds KUBECONFIG,
 #          K8S_BIN (kubectl, helm), NODE_NAME, NODE_IP (an address pods and the host both reach:
 #          bind host-side helpers such as a model origin there), POD_CIDR, SERVICE_CIDR, APISERVER,
-#          TESTNODE_DIR and PATH with K8S_BIN first; `hack/node/node.sh load-image ARCHIVE...`
-#          imports OCI archives (e.g. ~/.cache/rockchip-llama/images/*.tar) into the node's
-#          containerd, and pods must use imagePullPolicy: Never or IfNotPresent (nothing is pulled).
-#          It must bound its waits and leave cleanup to teardown (which drains every workload).
+#          TESTNODE_DIR and PATH with K8S_BIN first; pods use imagePullPolicy Never or IfNotPresent
+#          (nothing is pulled); waits are bounded; cleanup is teardown's (it drains every workload),
+#          except host processes the phase started itself.
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -169,7 +173,7 @@ phase_chart() {
     log "chart: hack/node/chart-phase.sh"
     hack/node/chart-phase.sh
   else
-    log "chart: skipped, hack/node/chart-phase.sh not written yet (the chart + product images phase)"
+    log "chart: skipped, hack/node/chart-phase.sh is missing"
   fi
 }
 
