@@ -129,6 +129,7 @@ fn model_check(m: &ModelEntry, soc: Option<&str>, engine: Option<&dyn Engine>, p
         threads: 1,
         prefix_cache: false,
         family: m.family.clone(),
+        names: m.known_as().into_iter().map(str::to_owned).collect(),
         sampling: m.settings.sampling.clone(),
         chat_template: None,
         npu_cores: m.settings.npu_cores,

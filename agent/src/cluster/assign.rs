@@ -370,7 +370,7 @@ impl Reconciler {
         let reg = &self.parts.registry;
         let entry: ModelEntry = describe(&path, &file_name_of(m), reg.catalog(), reg.config())
             .ok_or_else(|| Failure::Final(format!("{} is not a readable {} file", path.display(), m.format.as_str())))?
-            .assigned(&m.model, &m.aliases, settings);
+            .assigned(&m.model, &m.aliases, settings, reg.catalog());
         if (entry.format == crate::models::Format::Rkllm) != (m.format == ModelFormat::Rkllm) {
             return Err(Failure::Final(format!("the file is not {}", m.format.as_str())));
         }

@@ -187,6 +187,10 @@ pub struct LoadSpec {
     pub prefix_cache: bool,
     /// The model's catalog family (chooses an RKLLM chat-template override).
     pub family: Option<String>,
+    /// Names the model is known by, most telling first: the file name it was dropped in, pulled
+    /// or assigned as, then the served name and aliases. `path` alone may say nothing about the
+    /// model: in the store it is `blobs/sha256-<hex>`. RKLLM detects the template family here.
+    pub names: Vec<String>,
     /// Sampling fixed at load (RKLLM ABI 1.2 has no per-run sampling).
     pub sampling: SamplingParams,
     /// RKLLM-style template parts replacing the model's (`rkllm_set_chat_template`); GGUF

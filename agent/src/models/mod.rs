@@ -102,7 +102,8 @@ impl Capabilities {
         v
     }
 
-    fn of(format: Format, meta: &GgufMeta, settings: &ModelSettings, family: Option<&str>, file_name: &str) -> Self {
+    /// `names`: what the model is known by, most telling first ([`ModelEntry::known_as`]).
+    fn of(format: Format, meta: &GgufMeta, settings: &ModelSettings, family: Option<&str>, names: &[&str]) -> Self {
         let has_template = settings.chat_template.is_some() || meta.chat_template.is_some();
         // GGUF: a template to describe tools in, or Gemma's built-in one; RKLLM: the runtime's
         // `rkllm_set_function_tools`.
@@ -111,7 +112,7 @@ impl Capabilities {
             Format::Rkllm => true,
         };
         let thinking = format == Format::Rkllm
-            && crate::engine::rkllm::family::Family::detect(family, file_name).is_some_and(|f| f.thinking());
+            && crate::engine::rkllm::family::Family::detect(family, names).is_some_and(|f| f.thinking());
         Self { tools, thinking, embedding: true, vision: false }
     }
 }
@@ -123,7 +124,7 @@ impl ModelEntry {
         let settings = config.effective(name);
         let meta = GgufMeta::default();
         let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let capabilities = Capabilities::of(format, &meta, &settings, None, &file_name);
+        let capabilities = Capabilities::of(format, &meta, &settings, None, &[&file_name, name]);
         Self {
             name: name.to_owned(),
             aliases: settings.aliases.clone(),
@@ -146,18 +147,32 @@ impl ModelEntry {
     }
 
     /// The same file served under a cluster assignment's names and settings (its
-    /// ModelDeployment's, not the config file's); capabilities follow the new settings.
-    pub fn assigned(mut self, name: &str, aliases: &[String], settings: ModelSettings) -> Self {
+    /// ModelDeployment's, not the config file's); capabilities follow the new settings. A file the
+    /// catalog does not list takes its family from the catalog entry the served name or an alias
+    /// names (`qwen3:0.6b`), if any.
+    pub fn assigned(mut self, name: &str, aliases: &[String], settings: ModelSettings, catalog: &Catalog) -> Self {
         self.name = name.to_owned();
         self.aliases = aliases.to_vec();
         self.aliases.extend(settings.aliases.iter().cloned());
         if let Some(c) = settings.context {
             self.context = c;
         }
+        if self.family.is_none() {
+            self.family = self.known_as().into_iter().skip(1).find_map(|n| catalog.by_name(n)?.family.clone());
+        }
         self.capabilities =
-            Capabilities::of(self.format, &self.meta, &settings, self.family.as_deref(), &self.file_name);
+            Capabilities::of(self.format, &self.meta, &settings, self.family.as_deref(), &self.known_as());
         self.settings = settings;
         self
+    }
+
+    /// The names this model is known by, most telling first: the file name it was dropped in,
+    /// pulled or assigned as (its path may be a store blob named by its digest), the served name,
+    /// then the aliases. What the engines detect a model's family from.
+    pub fn known_as(&self) -> Vec<&str> {
+        let mut v = vec![self.file_name.as_str(), self.name.as_str()];
+        v.extend(self.aliases.iter().map(String::as_str));
+        v
     }
 
     /// Bytes this model needs resident: weights plus an f16 KV cache for `parallel` sequences.
@@ -297,7 +312,7 @@ pub fn describe(path: &Path, file_name: &str, catalog: &Catalog, config: &Config
     let name = cat.map_or(parsed.name.clone(), |(m, _)| m.name.clone());
     let settings = config.effective(&name);
     let family = meta.architecture.clone().or_else(|| cat.and_then(|(m, _)| m.family.clone()));
-    let capabilities = Capabilities::of(format, &meta, &settings, family.as_deref(), &file_name);
+    let capabilities = Capabilities::of(format, &meta, &settings, family.as_deref(), &[&file_name, &name]);
     let mut aliases: Vec<String> = cat.map(|(m, _)| m.aliases.clone()).unwrap_or_default();
     aliases.extend(settings.aliases.iter().cloned());
     let context_max = parsed.context.or(meta.context_length).or(cat.and_then(|(m, _)| m.context));
@@ -333,4 +348,29 @@ pub fn describe(path: &Path, file_name: &str, catalog: &Catalog, config: &Config
         settings,
         capabilities,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store blob (cluster assignment, `/api/pull`) is described by the name it came as, and
+    /// an assignment's served name and aliases count too: a `.rkllm` blob still thinks.
+    #[test]
+    fn a_blob_is_known_by_its_source_and_served_names() {
+        let dir = std::env::temp_dir().join(format!("rl-models-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("blobs")).unwrap();
+        let blob = dir.join("blobs").join(format!("sha256-{}", "ab".repeat(32)));
+        std::fs::write(&blob, b"RKLLM-SIM\n").unwrap();
+        let (catalog, config) = (Catalog::parse(catalog::EMBEDDED).unwrap(), Config::default());
+        let e = describe(&blob, "Qwen3-0.6B-sim_w8a8_rk3588.rkllm", &catalog, &config).unwrap();
+        assert!(e.capabilities.thinking, "from the source's file name");
+        let e = describe(&blob, "model.rkllm", &catalog, &config).unwrap();
+        assert!(!e.capabilities.thinking && e.family.is_none());
+        let e = e.assigned("assistant", &["qwen3:0.6b".into()], config.effective("assistant"), &catalog);
+        assert!(e.capabilities.thinking, "from an alias");
+        assert_eq!(e.family.as_deref(), Some("qwen3"), "the catalog entry the alias names");
+        assert_eq!(e.known_as(), ["model.rkllm", "assistant", "qwen3:0.6b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -442,6 +442,7 @@ impl Scheduler {
             threads: self.opts.threads,
             prefix_cache: self.opts.prefix_cache,
             family: entry.family.clone(),
+            names: entry.known_as().into_iter().map(str::to_owned).collect(),
             sampling: entry.settings.sampling.clone(),
             chat_template: match &entry.settings.chat_template {
                 Some(TemplateOverride::Parts(p)) => Some(p.clone()),

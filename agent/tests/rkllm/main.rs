@@ -2,6 +2,7 @@
 //! `librkllmrt.so`) through the real FFI path, once per runtime ABI where the ABI matters. What
 //! the runtime was asked to do is read from the simulator's trace file (`RKLLM_SIM_TRACE`).
 
+mod cache;
 #[path = "../common/mod.rs"]
 mod common;
 mod features;
@@ -35,13 +36,23 @@ impl Npu {
 
 /// An agent on `lib` serving `models`, with the simulator 20x faster than the vendor's speed.
 pub async fn npu(lib: &Path, models: &[PathBuf], extra: &[&str], env: &[(&str, String)]) -> Npu {
+    let dir = temp_dir("agent");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    for m in models {
+        std::os::unix::fs::symlink(m, dir.join("models").join(m.file_name().unwrap())).unwrap();
+    }
+    npu_in(dir, lib, extra, env).await
+}
+
+/// [`npu`] on a prepared directory (its `models/` subdirectory).
+pub async fn npu_in(dir: PathBuf, lib: &Path, extra: &[&str], env: &[(&str, String)]) -> Npu {
     let trace = temp_dir("trace").join("trace.log");
     let lib = lib.display().to_string();
     let mut args = vec!["--engine", "rkllm", "--rkllm-lib", lib.as_str()];
     args.extend_from_slice(extra);
     let mut envs = vec![("RKLLM_SIM_SPEEDUP", "20".to_owned()), ("RKLLM_SIM_TRACE", trace.display().to_string())];
     envs.extend(env.iter().map(|(k, v)| (*k, v.clone())));
-    Npu { agent: Agent::start_env(models, &args, &envs).await, trace }
+    Npu { agent: Agent::start_in_env(dir, &args, &envs).await, trace }
 }
 
 pub fn chat(model: &str, content: &str, extra: Value) -> Value {

@@ -5,7 +5,9 @@
 //! give a model a different system prompt is to override all three, and after an override the
 //! runtime's `enable_thinking` no longer works (docs/rkllm-abi.md §12), so for a thinking model the
 //! agent writes Qwen3's "no thinking" marker into the postfix itself. The family comes from the
-//! catalog or the file name; a model of unknown family keeps its built-in template and gets the
+//! catalog or the names the model is known by (the file name it came as, the served name, its
+//! aliases) — never from the path alone, which for a model in the content-addressed store is only
+//! `blobs/sha256-<hex>`. A model of unknown family keeps its built-in template and gets the
 //! system prompt folded into the user message instead.
 
 /// Template families the agent can write for the runtime.
@@ -18,9 +20,21 @@ pub enum Family {
 }
 
 impl Family {
-    /// From a catalog family or the model's file name, lower-cased substrings.
-    pub fn detect(family: Option<&str>, file_name: &str) -> Option<Self> {
-        let hay = format!("{} {}", family.unwrap_or_default(), file_name).to_ascii_lowercase();
+    /// From a catalog family and the names a model is known by, most telling first (the file
+    /// name it was dropped in, pulled or assigned as, then the served name and aliases): the
+    /// first name that, with the family, says something decides, so a served name such as
+    /// `assistant` does not hide what the file name says, and a served name such as `qwen3:0.6b`
+    /// still helps when the file name says nothing.
+    pub fn detect(family: Option<&str>, names: &[&str]) -> Option<Self> {
+        if names.is_empty() {
+            return Self::detect_one(family, "");
+        }
+        names.iter().find_map(|n| Self::detect_one(family, n))
+    }
+
+    /// Lower-cased substrings of the family and one name.
+    fn detect_one(family: Option<&str>, name: &str) -> Option<Self> {
+        let hay = format!("{} {}", family.unwrap_or_default(), name).to_ascii_lowercase();
         if hay.contains("qwen3") || hay.contains("smollm3") {
             Some(Self::ChatMl { thinking: true })
         } else if ["qwen", "smollm", "chatml", "minicpm", "internlm"].iter().any(|k| hay.contains(k)) {
@@ -64,15 +78,26 @@ mod tests {
 
     #[test]
     fn detection_and_thinking_postfix() {
-        let f = Family::detect(None, "Qwen3-0.6B-sim_w8a8_rk3588.rkllm").unwrap();
+        let f = Family::detect(None, &["Qwen3-0.6B-sim_w8a8_rk3588.rkllm"]).unwrap();
         assert!(f.thinking());
         let (s, p, post) = f.template("Be brief.", false);
         assert_eq!(s, "<|im_start|>system\nBe brief.<|im_end|>\n");
         assert_eq!(p, "<|im_start|>user\n");
         assert!(post.ends_with("</think>\n\n"));
         assert!(!f.template("", true).2.contains("think"));
-        assert_eq!(Family::detect(Some("qwen2"), "x.rkllm"), Some(Family::ChatMl { thinking: false }));
-        assert_eq!(Family::detect(None, "gemma-3-1b_w8a8.rkllm"), Some(Family::Gemma));
-        assert_eq!(Family::detect(None, "phi3.rkllm"), None);
+        assert_eq!(Family::detect(Some("qwen2"), &["x.rkllm"]), Some(Family::ChatMl { thinking: false }));
+        assert_eq!(Family::detect(None, &["gemma-3-1b_w8a8.rkllm"]), Some(Family::Gemma));
+        assert_eq!(Family::detect(None, &["phi3.rkllm"]), None);
+        assert_eq!(Family::detect(Some("qwen2"), &[]), Some(Family::ChatMl { thinking: false }));
+    }
+
+    /// A model in the store is a digest on disk; what it is comes from the names it has.
+    #[test]
+    fn detection_looks_past_a_name_that_says_nothing() {
+        let blob = "sha256-2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+        assert_eq!(Family::detect(None, &[blob]), None);
+        let thinking = Some(Family::ChatMl { thinking: true });
+        assert_eq!(Family::detect(None, &["assistant.rkllm", "assistant", "qwen3:0.6b", blob]), thinking);
+        assert_eq!(Family::detect(None, &["Qwen3-0.6B_w8a8_rk3588.rkllm", "gemma-named"]), thinking, "first wins");
     }
 }

@@ -149,7 +149,7 @@ impl Engine for RkllmEngine {
             eos: String::new(),
             thinking: false,
         };
-        let family = family::Family::detect(spec.family.as_deref(), &file_name(&spec.path));
+        let family = model_family(spec);
         let facts = ModelFacts { thinking: family.is_some_and(family::Family::thinking), ..facts };
         let cfg = instance::Config {
             rt: Arc::clone(&self.rt),
@@ -170,4 +170,48 @@ impl Engine for RkllmEngine {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The template family of the model to load: from its catalog family and the names it is known
+/// by, the path's own file name last (all a caller that gives no names has).
+fn model_family(spec: &LoadSpec) -> Option<family::Family> {
+    let own = file_name(&spec.path);
+    let names: Vec<&str> = spec.names.iter().map(String::as_str).chain([own.as_str()]).collect();
+    family::Family::detect(spec.family.as_deref(), &names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, names: &[&str]) -> LoadSpec {
+        LoadSpec {
+            path: PathBuf::from(path),
+            n_ctx: 4096,
+            parallel: 1,
+            threads: 1,
+            prefix_cache: true,
+            family: None,
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            sampling: crate::engine::SamplingParams::default(),
+            chat_template: None,
+            npu_cores: None,
+            embed_flash: None,
+            prompt_caches: Vec::new(),
+            loras: Vec::new(),
+            cpus: Vec::new(),
+        }
+    }
+
+    /// A model served from the content-addressed store (cluster mode, `/api/pull`) has a path
+    /// that is only a digest; its family comes from the names it is served under.
+    #[test]
+    fn a_store_blob_gets_its_family_from_its_names() {
+        let blob = "/models/blobs/sha256-2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+        assert_eq!(model_family(&spec(blob, &[])), None);
+        let thinking = Some(family::Family::ChatMl { thinking: true });
+        assert_eq!(model_family(&spec(blob, &["Qwen3-0.6B-sim_w8a8_rk3588.rkllm", "qwen"])), thinking);
+        assert_eq!(model_family(&spec(blob, &["model.rkllm", "assistant", "qwen3:0.6b"])), thinking);
+        assert_eq!(model_family(&spec("/models/gemma-3-1b_w8a8.rkllm", &[])), Some(family::Family::Gemma));
+    }
 }
