@@ -172,7 +172,16 @@ pub fn spawn(cfg: Config, h: Handle, keep: Keepalive, booking: Booking) -> Arc<R
             .spawn(move || watch(&rt, h, &shared))
             .expect("spawning a thread");
     }
-    let w = Worker { cfg, h, _keep: keep, held: None, applied: Applied::default(), shared, busy: Arc::clone(&busy) };
+    let w = Worker {
+        cfg,
+        h,
+        _keep: keep,
+        held: None,
+        kv_setup: None,
+        applied: Applied::default(),
+        shared,
+        busy: Arc::clone(&busy),
+    };
     let worker =
         std::thread::Builder::new().name("rkllm-worker".into()).spawn(move || w.serve(rx)).expect("spawning a thread");
     Arc::new(RkllmInstance { tx: Mutex::new(Some(tx)), facts, busy, worker: Mutex::new(Some(worker)), booking })
@@ -212,7 +221,11 @@ struct Worker {
     cfg: Config,
     h: Handle,
     _keep: Keepalive,
+    /// The conversation the KV cache holds, when a request may continue it.
     held: Option<Held>,
+    /// The setup whose system part starts the KV cache (also after a turn that is not kept), so
+    /// its length can be measured before the cache is cleared completely.
+    kv_setup: Option<Setup>,
     applied: Applied,
     shared: Arc<Shared>,
     busy: Arc<AtomicUsize>,
@@ -290,6 +303,42 @@ impl Worker {
             as u32
     }
 
+    /// The prompt-cache file of `setup`, when files are on and `setup` has a system part.
+    fn cache_file(&self, setup: &Setup) -> Option<(&PromptCacheDir, PathBuf)> {
+        let pc = self.cfg.prompt_cache.as_ref()?;
+        (!setup.system.is_empty() || setup.tools.is_some())
+            .then(|| (pc, pc.path_for(&self.cfg.path, &setup.system, setup.tools.as_deref())))
+    }
+
+    /// Records `n` tokens as the system part of `setup`'s prompt-cache file, if it has one.
+    fn note_system_tokens(&self, setup: &Setup, n: u32) {
+        if let Some((pc, file)) = self.cache_file(setup)
+            && n > 0
+            && file.exists()
+            && pc.system_tokens(&file) != Some(n)
+        {
+            pc.set_system_tokens(&file, n);
+        }
+    }
+
+    /// Called before the KV cache is cleared completely: when the system part in it belongs to a
+    /// prompt-cache file of unknown length, measures it the one way the runtime tells —
+    /// `rkllm_clear_kv_cache(keep_system_prompt=1)`, then the cache's size — so a later load of the
+    /// file can report the tokens it supplies as cached. Once per file; the cache is being cleared
+    /// anyway, so nothing is lost.
+    fn learn_system_tokens(&mut self) {
+        self.held = None;
+        let Some(setup) = self.kv_setup.take() else { return };
+        let Some((pc, file)) = self.cache_file(&setup) else { return };
+        if !file.exists() || pc.system_tokens(&file).is_some() {
+            return;
+        }
+        self.cfg.rt.clear_kv_cache(self.h, true);
+        let n = self.kv_size();
+        self.note_system_tokens(&setup, n);
+        tracing::debug!(model = %self.cfg.name, file = %file.display(), tokens = n, "prompt-cache length measured");
+    }
+
     /// Sets the system prompt, tools and thinking marker the request needs.
     fn configure(&mut self, setup: &Setup, think: bool, batch: bool) -> Result<(), EngineError> {
         let rt = &self.cfg.rt;
@@ -365,6 +414,9 @@ impl Worker {
         if !self.cfg.reuse {
             plan.start = Start::Fresh { keep_system: false };
         }
+        if plan.start == (Start::Fresh { keep_system: false }) {
+            self.learn_system_tokens();
+        }
         if let Err(e) = self.configure(&plan.setup, req.think, false) {
             self.held = None;
             let _ = tx.send(Event::Error(e));
@@ -372,15 +424,26 @@ impl Worker {
         }
         let mut cache_use = None;
         let mut save = None;
+        // Prompt tokens a loaded prompt-cache file supplies (its system part).
+        let mut from_file = 0;
         let kv_before = match plan.start {
             Start::Continue => self.kv_size(),
-            Start::Fresh { keep_system } => {
-                self.cfg.rt.clear_kv_cache(self.h, keep_system);
+            Start::Fresh { keep_system: true } => {
+                self.cfg.rt.clear_kv_cache(self.h, true);
                 self.held = None;
-                if !keep_system {
-                    (cache_use, save) = self.prompt_cache_for(&plan.setup);
+                let n = self.kv_size();
+                self.note_system_tokens(&plan.setup, n);
+                n
+            }
+            Start::Fresh { keep_system: false } => {
+                self.cfg.rt.clear_kv_cache(self.h, false);
+                self.held = None;
+                self.kv_setup = None;
+                (cache_use, save) = self.prompt_cache_for(&plan.setup);
+                if cache_use == Some(PromptCacheUse::Loaded) {
+                    from_file = self.cache_file(&plan.setup).and_then(|(pc, f)| pc.system_tokens(&f)).unwrap_or(0);
                 }
-                if keep_system { self.kv_size() } else { 0 }
+                0
             }
         };
         let role = CString::new(plan.role).unwrap_or_default();
@@ -418,6 +481,7 @@ impl Worker {
         }
         if rc != 0 || err.is_some() {
             self.held = None;
+            self.kv_setup = None;
             let msg = err.unwrap_or_else(|| format!("rkllm_run returned {rc}"));
             let _ = tx.send(Event::Error(EngineError::Input(format!(
                 "{msg} (context window {} tokens, {kv_before} already in the conversation cache)",
@@ -426,9 +490,15 @@ impl Worker {
             return;
         }
         slot.flush();
-        let out = outcome(&slot, req.max_tokens, aborted, kv_before, queue_ms, cache_use, wall);
-        // Keep the conversation only when the runtime ended the turn itself.
-        self.held = (slot.ended.is_none() && !aborted).then(|| conv::after(&plan, &slot.raw));
+        let out = outcome(&slot, req.max_tokens, aborted, (kv_before, from_file), queue_ms, cache_use, wall);
+        // Keep the conversation when the turn ended as the client saw it: by the runtime, or
+        // paused at `max_tokens` (the runtime keeps a paused run's KV cache — docs/rkllm-abi.md
+        // §8 — and the client gets every token, so its next turn sends back what the cache
+        // holds). A stop string leaves text in the cache the client never got; a client that
+        // left sends nothing back.
+        let kept = !aborted && matches!(slot.ended, None | Some(FinishReason::Length));
+        self.held = kept.then(|| conv::after(&plan, &slot.raw));
+        self.kv_setup = (!aborted).then(|| plan.setup.clone());
         let _ = tx.send(Event::Done { reason: out.reason, perf: out.perf });
     }
 
@@ -476,7 +546,7 @@ impl Worker {
             return;
         }
         // Batched runs are single-turn: each slot carries its whole conversation.
-        self.held = None;
+        self.learn_system_tokens();
         self.cfg.rt.clear_kv_cache(self.h, false);
         let texts: Vec<(CString, bool)> = jobs
             .iter()
@@ -523,13 +593,13 @@ impl Worker {
             }
             slot.flush();
             let queue_ms = (t0 - queued).as_secs_f64() * 1e3;
-            let out = outcome(&slot, req.max_tokens, aborted, 0, queue_ms, None, wall);
+            let out = outcome(&slot, req.max_tokens, aborted, (0, 0), queue_ms, None, wall);
             let _ = tx.send(Event::Done { reason: out.reason, perf: out.perf });
         }
     }
 
     fn embed(&mut self, inputs: &[String]) -> Result<Embeddings, EngineError> {
-        self.held = None;
+        self.learn_system_tokens();
         let mut vectors = Vec::with_capacity(inputs.len());
         let mut tokens = 0u32;
         for text in inputs {
@@ -590,11 +660,15 @@ pub fn pool(hidden: &[f32], embd: usize) -> Vec<f32> {
     v
 }
 
+/// `(kv_before, from_file)`: prompt tokens already in the KV cache before the run (a continued
+/// conversation, a kept system part), and those of this run's input a loaded prompt-cache file
+/// supplied. The runtime's `prefill_tokens` counts the run's whole input, so the file's part is
+/// in it and is not recomputed.
 fn outcome(
     slot: &Slot,
     max_tokens: Option<u32>,
     aborted: bool,
-    kv_before: u32,
+    (kv_before, from_file): (u32, u32),
     queue_ms: f64,
     prompt_cache: Option<PromptCacheUse>,
     wall: Duration,
@@ -602,10 +676,11 @@ fn outcome(
     let perf = match slot.perf {
         Some(p) => {
             let prefill = p.prefill_tokens.max(0) as u32;
+            let from_file = from_file.min(prefill);
             Perf {
-                prompt_eval_tokens: prefill,
+                prompt_eval_tokens: prefill - from_file,
                 prompt_tokens: kv_before + prefill,
-                cached_tokens: kv_before,
+                cached_tokens: kv_before + from_file,
                 prefill_ms: f64::from(p.prefill_time_ms),
                 generated_tokens: p.generate_tokens.max(0) as u32,
                 generate_ms: f64::from(p.generate_time_ms),
