@@ -104,6 +104,43 @@ async fn doctor_reports_on_the_fixture_board() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An RK3588 on a mainline kernel: the NPU is an accel device bound to `rocket`, and there is
+/// no rknpu. doctor says so by name, with the way out, and exits 1 rather than crashing.
+#[tokio::test]
+async fn doctor_names_the_mainline_rocket_driver() {
+    let sim = sim();
+    let fx = board::fixture::FixtureCopy::rk3588().unwrap();
+    let root = fx.root();
+    std::fs::remove_dir_all(root.join("sys/kernel/debug/rknpu")).unwrap();
+    let dev = root.join("sys/devices/platform/fdab0000.npu");
+    let rocket = root.join("sys/bus/platform/drivers/rocket");
+    for d in [dev.join("accel/accel0"), rocket.clone(), root.join("sys/class/accel"), root.join("dev/accel")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::os::unix::fs::symlink(&rocket, dev.join("driver")).unwrap();
+    std::os::unix::fs::symlink(&dev, dev.join("accel/accel0/device")).unwrap();
+    std::os::unix::fs::symlink(dev.join("accel/accel0"), root.join("sys/class/accel/accel0")).unwrap();
+    std::fs::write(root.join("dev/accel/accel0"), "").unwrap();
+    let dir = temp_dir("doctor");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rockchip-llama-agent"))
+        .arg("doctor")
+        .arg("--sysfs-root")
+        .arg(root)
+        .arg("--rkllm-lib")
+        .arg(&sim.lib13)
+        .arg("--models-dir")
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = report.lines().find(|l| l.contains("NPU driver")).unwrap_or_default();
+    assert!(line.contains("FAIL") && line.contains("rocket") && line.contains("/dev/accel/accel0"), "{report}");
+    assert!(line.contains("vendor rknpu driver") && line.contains("vendor-based kernel"), "{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn llama_threads_are_pinned_to_the_big_cores_the_board_reports() {
     // A board whose fastest cluster is CPUs 0-3 (the fixture with policy0 raised), so the pin can
