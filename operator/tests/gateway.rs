@@ -38,6 +38,8 @@ enum Mode {
     CutAfterFirst,
     SlowForever,
     Hang,
+    /// Records the request's content, then answers only when the test releases it.
+    Gated,
 }
 
 struct Fake {
@@ -46,6 +48,9 @@ struct Fake {
     hits: AtomicUsize,
     /// Set when a slow stream's body was dropped (the gateway closed the connection).
     dropped: Arc<AtomicBool>,
+    /// `Gated`: the requests' contents in the order they reached the board, and the gate.
+    order: Mutex<Vec<String>>,
+    gate: tokio::sync::Semaphore,
 }
 
 struct DropFlag(Arc<AtomicBool>);
@@ -59,10 +64,16 @@ async fn load() -> axum::Json<Value> {
     axum::Json(json!({"models": [{"name": "m", "running": 0, "waiting": 0, "slots": 1}]}))
 }
 
-async fn chat(State(f): State<Arc<Fake>>) -> Response {
+async fn chat(State(f): State<Arc<Fake>>, body: Bytes) -> Response {
     f.hits.fetch_add(1, Ordering::SeqCst);
     let mode = *f.mode.lock().unwrap();
     match mode {
+        Mode::Gated => {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            f.order.lock().unwrap().push(v["messages"][0]["content"].as_str().unwrap_or_default().to_owned());
+            f.gate.acquire().await.unwrap().forget();
+            axum::Json(json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})).into_response()
+        }
         Mode::Answer => axum::Json(json!({
             "choices": [{"message": {"role": "assistant", "content": format!("from {}", f.name)}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 2},
@@ -103,7 +114,14 @@ async fn chat(State(f): State<Arc<Fake>>) -> Response {
 }
 
 async fn fake_board(name: &'static str, mode: Mode) -> (Arc<Fake>, String) {
-    let f = Arc::new(Fake { name, mode: Mutex::new(mode), hits: AtomicUsize::new(0), dropped: Arc::default() });
+    let f = Arc::new(Fake {
+        name,
+        mode: Mutex::new(mode),
+        hits: AtomicUsize::new(0),
+        dropped: Arc::default(),
+        order: Mutex::default(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
     let app = Router::new()
         .route("/internal/v1/load", get(load))
         .route("/v1/chat/completions", post(chat))
@@ -314,6 +332,40 @@ async fn a_full_model_queues_boundedly_then_429s() {
     assert_eq!(status, 429, "the queued request gives up after --queue-timeout");
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
     first.abort();
+}
+
+// Several threads: waiters woken together race for a freed slot there, as in the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_requests_are_served_in_arrival_order() {
+    let (a, ea) = fake_board("a", Mode::Gated).await;
+    let mut c = config();
+    c.board_queue = 0;
+    let h = Arc::new(start(c, vec![route("m", RoutingStrategy::LeastLoad, &[("a", &ea)], 1)]).await);
+    let send = |n: usize| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": n.to_string()}]});
+            h.client.post(format!("{}/v1/chat/completions", h.url)).json(&body).send().await.unwrap().status()
+        })
+    };
+    // 0 takes the board's only slot; 1..=12 queue at the gateway, one after the other.
+    let mut sent = vec![send(0)];
+    for n in 1..=12 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        sent.push(send(n));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.order.lock().unwrap().len(), 1, "only one request on the board at a time");
+    // Each release frees the slot; the first in line must take it, not whichever wakes first.
+    for _ in 0..=12 {
+        a.gate.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for s in sent {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    let order: Vec<String> = a.order.lock().unwrap().clone();
+    assert_eq!(order, (0..=12).map(|n| n.to_string()).collect::<Vec<_>>(), "first come, first served");
 }
 
 #[tokio::test]

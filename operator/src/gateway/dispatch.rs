@@ -6,33 +6,22 @@
 //! full, LeastLoad and PrefixAffinity pick again among the boards that are not; RoundRobin sends
 //! to its turn anyway (a plain rotation, the baseline the others are measured against). When none can take it, the request waits
 //! in the model's queue: bounded in length (`queue_depth`, then 429 at once) and in time
-//! (`queue_timeout`, then 429 with Retry-After). Each finished request, board report and table
-//! change wakes the waiters.
+//! (`queue_timeout`, then 429 with Retry-After), first come first served (`queue.rs`). Each
+//! finished request, board report and table change wakes the first in line.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
-
-use api_types::ApiError;
-use crds::RoutingStrategy;
-use tokio::sync::Notify;
 
 use super::{
     Gateway,
     policy::{self, Ask, Candidate, Reason},
+    queue::Ticket,
     table::Route,
 };
-
-/// The waiters of one model.
-#[derive(Default)]
-pub struct Queue {
-    pub notify: Notify,
-    pub waiting: AtomicI64,
-}
+use api_types::ApiError;
+use crds::RoutingStrategy;
 
 /// A board taken for one request: counted in flight until dropped (when the answer has been
 /// streamed to the end, or the client went away).
@@ -127,17 +116,16 @@ fn try_pick(gw: &Gateway, route: &Route, key: &str, tried: &[String]) -> Pick {
     Pick::Chosen { board, endpoint, reason }
 }
 
-/// A waiting place in a model's queue; leaving it (drop) updates the count.
+/// A request's place in its model's line, with the queue metrics it moves.
 struct Waiting<'a> {
     gw: &'a Gateway,
-    queue: Arc<Queue>,
+    ticket: Ticket,
     model: String,
     since: Instant,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
         self.gw.metrics.queued(&self.model, -1);
         self.gw.metrics.waited(&self.model, self.since.elapsed().as_secs_f64());
     }
@@ -167,6 +155,9 @@ pub async fn acquire(
     deadline: Instant,
 ) -> Result<Slot, ApiError> {
     let mut waiting: Option<Waiting<'_>> = None;
+    // A retry was admitted once: it may take a board ahead of the line, and is not refused for
+    // the line's length.
+    let retry = !tried.is_empty();
     loop {
         let table = gw.table();
         let route = table.lookup(name).ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))?;
@@ -174,15 +165,16 @@ pub async fn acquire(
             return Err(ApiError::Unavailable(no_replica_message(name, route)));
         }
         let queue = gw.queue(&route.key);
-        let notified = queue.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        // Newcomers do not overtake requests already waiting; a retry was admitted already.
-        let retry = !tried.is_empty();
-        let may_pick = waiting.is_some() || retry || queue.waiting.load(Ordering::SeqCst) == 0;
+        // First come, first served: a newcomer looks only when no one waits, a waiter only
+        // when it is first in line.
+        let may_pick = match &waiting {
+            Some(w) => w.ticket.is_first(),
+            None => retry || queue.is_empty(),
+        };
         let pick = if may_pick { try_pick(gw, route, key, tried) } else { Pick::Full };
         match pick {
             Pick::Chosen { board, endpoint, reason } => {
+                // Leaving the line wakes the next, who may find room too.
                 drop(waiting);
                 return Ok(Slot {
                     gw: gw.clone(),
@@ -202,17 +194,18 @@ pub async fn acquire(
             Pick::NoBoard | Pick::Full => {}
         }
         if waiting.is_none() {
-            let depth = queue.waiting.fetch_add(1, Ordering::SeqCst);
-            gw.metrics.queued(&route.model, 1);
-            let w = Waiting { gw, queue: queue.clone(), model: route.model.clone(), since: Instant::now() };
-            // A retry was admitted once; it is not refused for the queue's length now.
-            if !retry && depth >= i64::try_from(gw.config.queue_depth).unwrap_or(i64::MAX) {
-                drop(w);
+            let depth = queue.len();
+            if !retry && depth >= gw.config.queue_depth {
                 return Err(ApiError::Overloaded(format!(
                     "every board serving '{name}' is busy and {depth} requests already wait for one"
                 )));
             }
-            waiting = Some(w);
+            gw.metrics.queued(&route.model, 1);
+            waiting =
+                Some(Waiting { gw, ticket: queue.join(retry), model: route.model.clone(), since: Instant::now() });
+            // Look again as a member of the line before sleeping: a board freed between the
+            // look above and joining woke no one.
+            continue;
         }
         let now = Instant::now();
         if now >= deadline {
@@ -228,8 +221,9 @@ pub async fn acquire(
         }
         // Woken by a finished request, a report or a table change; the timer is a backstop.
         let nap = (deadline - now).min(gw.config.poll_interval.max(Duration::from_millis(50)));
+        let ticket = &waiting.as_ref().expect("joined above").ticket;
         tokio::select! {
-            () = &mut notified => {}
+            () = ticket.woken() => {}
             () = tokio::time::sleep(nap) => {}
         }
     }
