@@ -149,6 +149,11 @@ pub struct GatewayArgs {
     /// How often each board's load is polled.
     #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: std::time::Duration,
+
+    /// Threads serving the gateway, each a single-threaded runtime with its own listening
+    /// socket (SO_REUSEPORT) and connections to the boards; 0: one per CPU.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_WORKERS", default_value_t = 0)]
+    pub gateway_workers: usize,
 }
 
 /// `250ms`, `30s`, `2m` (a bare number is seconds).
@@ -183,6 +188,7 @@ impl GatewayArgs {
             retry_budget,
             eject_after,
             poll_interval,
+            gateway_workers,
         } = self;
         let mut c = gateway::Config::new(gateway_listen, lease_namespace);
         c.watch_namespace = watch_namespace;
@@ -212,6 +218,7 @@ impl GatewayArgs {
         c.retry_budget = retry_budget;
         c.eject_after = eject_after;
         c.poll_interval = poll_interval;
+        c.workers = gateway_workers;
         Ok(c)
     }
 }

@@ -268,7 +268,7 @@ async fn from_boards(gw: &Gateway, path: &str) -> Vec<(String, Value)> {
         .flat_map(|r| r.replicas.iter().map(|x| (x.board.clone(), x.endpoint.clone())))
         .collect();
     let calls = boards.into_iter().map(|(board, endpoint)| async move {
-        let mut req = gw.http.get(format!("{endpoint}{path}")).timeout(Duration::from_secs(2));
+        let mut req = super::workers::client(gw).get(format!("{endpoint}{path}")).timeout(Duration::from_secs(2));
         if let Some(t) = &gw.config.cluster_token {
             req = req.bearer_auth(t);
         }

@@ -8,8 +8,8 @@
 //!  client ─► http (auth, request id) ─► proxy ─► dispatch (policy, queue) ─► board ─► stream back
 //! ```
 //!
-//! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`]. I/O: [`view`] (watches),
-//! [`poll`], [`proxy`], [`http`].
+//! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`], [`queue`]. I/O: [`view`] (watches),
+//! [`poll`], [`proxy`], [`http`], [`workers`] (the serving threads).
 
 pub mod auth;
 pub mod dispatch;
@@ -20,8 +20,10 @@ pub mod policy;
 pub mod poll;
 pub mod prefix;
 pub mod proxy;
+pub mod queue;
 pub mod table;
 pub mod view;
+pub mod workers;
 
 use std::{
     collections::{HashMap, hash_map::RandomState},
@@ -37,7 +39,7 @@ use std::{
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-use self::{dispatch::Queue, load::Loads, metrics::Metrics, table::Table};
+use self::{load::Loads, metrics::Metrics, queue::Queue, table::Table};
 
 /// How the gateway runs (flags in `cli::GatewayArgs`).
 #[derive(Clone, Debug)]
@@ -67,6 +69,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Connect timeout to a board.
     pub connect_timeout: Duration,
+    /// Serving threads (`workers.rs`); 0: one per CPU.
+    pub workers: usize,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             eject_after: 2,
             poll_interval: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
+            workers: 0,
         }
     }
 }
@@ -120,11 +125,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+        let http = client_for(&config)?;
         Ok(Arc::new(Self {
             config,
             metrics: Metrics::default(),
@@ -136,6 +137,11 @@ impl Gateway {
             rng: Mutex::new(RandomState::new().hash_one(0u8) | 1),
             synced: AtomicBool::new(false),
         }))
+    }
+
+    /// A new client to the boards with the gateway's settings (each serving thread has one).
+    pub fn new_client(&self) -> Result<reqwest::Client, Error> {
+        client_for(&self.config)
     }
 
     /// The current routing table.
@@ -165,14 +171,14 @@ impl Gateway {
     /// Wakes the requests waiting for a board of one route.
     pub fn wake(&self, route_key: &str) {
         if let Some(q) = self.queues.lock().unwrap_or_else(PoisonError::into_inner).get(route_key) {
-            q.notify.notify_waiters();
+            q.wake();
         }
     }
 
     /// Wakes every waiting request (a report came, the table changed).
     pub fn wake_all(&self) {
         for q in self.queues.lock().unwrap_or_else(PoisonError::into_inner).values() {
-            q.notify.notify_waiters();
+            q.wake();
         }
     }
 
@@ -202,14 +208,21 @@ impl Gateway {
     }
 }
 
+fn client_for(config: &Config) -> Result<reqwest::Client, Error> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()?)
+}
+
 /// Serves the gateway until `stop` is cancelled: the watches, the load poller and the HTTP
 /// listener. The listener is bound first, so a taken port fails at start.
 pub async fn run(client: Client, config: Config, stop: CancellationToken) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen { addr: config.listen.to_string(), source })?;
+    let count = if config.workers == 0 { workers::default_count() } else { config.workers };
+    let listeners = workers::bind(config.listen, count)?;
     let gw = Gateway::new(config)?;
     tokio::spawn(view::watch(client, gw.clone(), stop.clone()));
     tokio::spawn(poll::run(gw.clone(), stop.clone()));
-    http::serve(listener, gw, stop).await
+    workers::serve(listeners, gw, stop).await
 }
