@@ -112,7 +112,7 @@ test-cluster: deps
 # a DaemonSet pod reached through its ClusterIP, logs, exec and in-cluster API access, then teardown
 # that restores the host. Needs root. docs/development.md, "The node tier".
 test-node:
-	$(call step,node: a real kubelet node; DaemonSet pod via ClusterIP, logs, exec, in-cluster API; host restored)
+	$(call step,node: a real kubelet node; the chart installed from the repo's images, models Ready, openai via ClusterIP, upgrade/uninstall, RBAC + admission; host restored)
 	hack/node/test-node.sh
 
 # That node for development: `make node` prints KUBECONFIG=...; stop it with `make node-down`.
