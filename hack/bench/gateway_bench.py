@@ -238,10 +238,13 @@ def main() -> int:
     t0 = time.monotonic()
     ok = False
     try:
+        # Each part records where it ran: with --only, the other part's numbers are older.
+        run = {"date": result["environment"]["date"], "commit": result["environment"]["commit"],
+               "command": args.command}
         if args.only in (None, "p5"):
-            result["p5"] = gateway_p5.run(args, work, Cluster)
+            result["p5"] = gateway_p5.run(args, work, Cluster) | {"run": run}
         if args.only in (None, "p6"):
-            result["p6"] = gateway_p6.run(args, work, Cluster)
+            result["p6"] = gateway_p6.run(args, work, Cluster) | {"run": run}
         ok = True
     except (Stop, KeyboardInterrupt) as e:
         log(f"interrupted ({e or 'Ctrl-C'})")

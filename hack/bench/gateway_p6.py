@@ -62,7 +62,8 @@ def add_args(ap) -> None:
     # 4 users on 3 boards: with as many users as boards, RoundRobin's turn counter advances by the
     # number of boards between two turns of one user and sends them to the same board by accident.
     g.add_argument("--p6-users", type=int, default=4, help="part B: concurrent users (default 4)")
-    g.add_argument("--p6-conversations", type=int, default=20, help="part B: conversations in all (default 20)")
+    g.add_argument("--p6-conversations", type=int, default=40,
+                   help="part B: conversations in all (default 40: the 8 cold first uses are 5 %% of the requests)")
     g.add_argument("--p6-turns", type=int, default=4, help="part B: turns per conversation (default 4)")
     g.add_argument("--p6-think", type=float, default=0.5, help="part B: seconds between a user's turns (default 0.5)")
 

@@ -195,7 +195,7 @@ def p5_section(p5: dict) -> str:
     lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
              ("direct", "gateway", "nginx"))
     return f"""## P5: proxy overhead
-
+{provenance(p5)}
 | clients | path | req/s | TTFT ms p50 / p99 | total ms p50 / p99 | added TTFT ms p50 / p99 | added total ms p50 / p99 | proxy CPU µs/req | agent CPU µs/req | requests |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
@@ -228,6 +228,39 @@ with text, total = the end of the stream. {p5['rounds']} rounds × {len(concs)} 
 the whole operator process (its controller is idle here; at 1 client the idle work of every process
 weighs on few requests). The load generator used at most {lg:.0f} µs of CPU per request.
 """
+
+
+def provenance(part: dict) -> str:
+    """Where a part's numbers come from (a run with --only leaves the other part's older numbers)."""
+    run = part.get("run")
+    if not run:
+        return ""
+    return f"\nMeasured on {run['date']} at `{run['commit']}` by `{run['command']}`.\n"
+
+
+def ideal_fifo_p99(p6: dict, level: str) -> float | None:
+    """p99 TTFT of the level's schedule served in arrival order by boards that never idle while a
+    request waits: calibrated service time per kind, plus the least TTFT measured for that kind."""
+    service = p6["calibration"]["service_s"]
+    recs = [r for pol in p6["levels"][level]["policies"].values() for r in pol.get("records", [])]
+    if not recs:
+        return None
+    alone = {}
+    for lv in p6["levels"].values():
+        for pol in lv["policies"].values():
+            for r in pol.get("records", []):
+                if r.get("ttft") is not None:
+                    alone[r["kind"]] = min(alone.get(r["kind"], r["ttft"]), r["ttft"])
+    schedule = sorted({(r["at"], r["kind"]) for r in recs})
+    free = [0.0] * p6["boards"]
+    ttfts = []
+    for at, kind in schedule:
+        i = min(range(len(free)), key=free.__getitem__)
+        start = max(at, free[i])
+        free[i] = start + service[kind]
+        ttfts.append(start - at + alone.get(kind, 0.0))
+    ttfts.sort()
+    return ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
 
 
 def p6_section(p6: dict) -> str:
@@ -286,9 +319,21 @@ def p6_section(p6: dict) -> str:
             "got its turn whatever it already held, so a short request could queue on a board behind a long "
             "one while another board was free; LeastLoad sends it to the least loaded board and holds it at "
             f"the gateway when every board is full. At {levels[0]}×, TTFT p50 was {f(ll_t['p50'])} s with LeastLoad "
-            f"and {f(rr_t['p50'])} s with RoundRobin, the mean {f(ll_t['mean'])} s and {f(rr_t['mean'])} s; the p99 "
-            "is another matter (next point): the boards' own queues, where RoundRobin's requests wait, serve in "
-            "arrival order (a fair semaphore in the agent), the gateway's queue does not.")
+            f"and {f(rr_t['p50'])} s with RoundRobin, the mean {f(ll_t['mean'])} s and {f(rr_t['mean'])} s, the p99 "
+            f"{f(ll_t['p99'])} s and {f(rr_t['p99'])} s.")
+    ideal = ideal_fifo_p99(p6, levels[0])
+    if ideal is not None and ratio is not None:
+        rr_p99 = first["policies"]["RoundRobin"]["ttft_s"]["p99"]
+        notes.append(
+            f"- **What any policy could reach at {levels[0]}×.** Replaying the same schedule through one "
+            f"first-come-first-served line over {p6['boards']} boards that are never idle while a request waits "
+            f"(a simulation: the calibrated service times, no network, each request's TTFT = its wait + the "
+            f"least TTFT measured for its kind) gives a p99 TTFT of {f(ideal)} s, against LeastLoad's "
+            f"{f(first['policies']['LeastLoad']['ttft_s']['p99'])} s measured and the target's "
+            f"0.5 × {f(rr_p99)} = {f(0.5 * rr_p99)} s. Above capacity the backlog grows for as long as arrivals "
+            "come, and the last arrivals wait for all of it whichever board they get: the p99 is set by the "
+            "overload and the window's length"
+            + (", so the target is below what this schedule allows." if ideal > 0.5 * rr_p99 else "."))
     over = p6["levels"][levels[0]]["policies"]
     unfair = []
     for pol, s in over.items():
@@ -319,6 +364,17 @@ def p6_section(p6: dict) -> str:
             "first user message: the system-prompt part of the KV cache (`keep_system`) and the RKLLM "
             "prompt-cache files never apply. Only the next turn of the conversation a board just ran can reuse "
             f"its cache, so with {cs['turns']} turns per conversation no policy can exceed {100 * bound:.0f} %.")
+    if pa:
+        cold = cs["apps"] / max(1, cs["conversations"] * cs["turns"])
+        first_pa, later_pa = pa["hit_rate_first_turn"], pa["hit_rate_later_turns"]
+        notes.append(
+            f"- **Cold misses**: the first conversation of each of the {cs['apps']} system prompts misses on any "
+            f"policy (no board has seen it), so of {cs['conversations']} × {cs['turns']} requests at most "
+            f"{100 * (1 - cold):.1f} % can hit. PrefixAffinity's first turns hit {100 * first_pa:.0f} % and its later "
+            f"turns {100 * later_pa:.0f} %; a first turn also misses when its system prompt's board was over the "
+            "CHWBL cap and the request spilled over to a board that had not seen that prompt (the boards "
+            f"held {', '.join(str(v) for v in pa['apps_per_board'].values())} system prompts, "
+            f"{sum(pa['apps_per_board'].values())} in all for {cs['apps']}).")
     if pa and rr and pa["ttft_mean_s"] > rr["ttft_mean_s"]:
         notes.append(
             f"- **PrefixAffinity's TTFT is higher** ({f(pa['ttft_mean_s'])} s mean against {f(rr['ttft_mean_s'])} s) "
@@ -336,7 +392,7 @@ def p6_section(p6: dict) -> str:
             "on the same board in between (nBatch 1: the KV cache holds one conversation), or when a request "
             "spilled over to another board.")
     return f"""## P6: routing policies
-
+{provenance(p6)}
 ### Part A: LeastLoad vs RoundRobin under a skewed mix
 
 Calibrated service time (sequential, through the gateway): short {f(cal['service_s']['short'])} s, long
@@ -366,11 +422,10 @@ affinity key is the system prompt), {cs['think_s']} s between a user's turns, ma
 | PrefixAffinity hit rate ≥ 90 % | {100 * pa.get('hit_rate', 0):.0f} % | {verdict(pa.get('hit_rate', 0) >= 0.9)} |
 
 **Hit**: the board reused at least the shared prefix, i.e. the agent's
-`usage.prompt_tokens_details.cached_tokens` (prompt tokens served from the KV cache; the agent counts
-the conversation its KV cache still held) is at least the system prompt's length in tokens. A system
-prompt served from an RKLLM prompt-cache file would not show there (the agent reports 0 cached tokens
-for it), so the boards' `prompt_cache_loads` / `prompt_cache_creates` counters over the run are shown
-next to it.
+`usage.prompt_tokens_details.cached_tokens` (prompt tokens not computed again: what the KV cache
+still held of the conversation, plus a system prompt loaded from an RKLLM prompt-cache file) is at
+least the system prompt's length in tokens. The boards' `prompt_cache_loads` / `prompt_cache_creates`
+counters over the run are shown next to it.
 
 ![P6: TTFT CDFs, hit rates, requests per board](gateway-p6.png)
 
