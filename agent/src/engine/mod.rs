@@ -201,7 +201,8 @@ pub struct LoadSpec {
     /// Keep word embeddings in the model file (RKLLM); `None` = the engine's default.
     pub embed_flash: Option<bool>,
     /// Prompt prefixes to prefill once per load: llama.cpp evaluates each (as text) into a slot's
-    /// KV cache; RKLLM treats each as a system prompt whose prompt-cache file it creates.
+    /// KV cache. RKLLM does not read them: its prompt-cache file for a system prompt is written by
+    /// the first conversation with it (eager creation at load is not implemented; docs/configuration.md).
     pub prompt_caches: Vec<String>,
     /// LoRA adapters to load: `(name, file)`.
     pub loras: Vec<(String, PathBuf)>,
