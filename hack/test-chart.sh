@@ -26,6 +26,8 @@ fail() {
   log "FAIL - $*"
   FAILURES=$((FAILURES + 1))
 }
+# shellcheck source=hack/lib/check.sh
+. hack/lib/check.sh
 
 BIN="$(hack/k8s/bins.sh)"
 export PATH="$BIN:$PATH"
@@ -377,23 +379,6 @@ apply_as() { # who manifest-json [kubectl apply args]
   shift 2
   "$who" apply --server-side --force-conflicts --field-manager=rockchip-llama-agent "$@" -f - <<<"$body"
 }
-allowed() { # description cmd...
-  local what="$1" out
-  shift
-  if out="$("$@" 2>&1)"; then pass "allowed: $what"; else fail "should be allowed: $what: $out"; fi
-}
-denied() { # description expected-substring cmd...
-  local what="$1" expect="$2" out
-  shift 2
-  if out="$("$@" 2>&1)"; then
-    fail "should be denied: $what"
-  elif grep -qF -- "$expect" <<<"$out"; then
-    pass "denied: $what ($expect)"
-  else
-    fail "denied without '$expect': $what: $out"
-  fi
-}
-
 kubectl apply --server-side --field-manager=test -f - >/dev/null <<<"$(board board-b)"
 allowed "agent on board-a creates its Board (name and SoC label, as the agent does)" \
   apply_as as_agent "$(board board-a)"

@@ -67,7 +67,7 @@ ROLLOUT_TIMEOUT=300
 GONE_TIMEOUT=120
 
 log() { printf '[chart-phase %s +%ds] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - START))" "$*" >&2; }
-ok() { log "ok - $*"; }
+pass() { log "ok - $*"; }
 STEPS=()
 STEP_NAME=""
 step() { # name description
@@ -138,15 +138,9 @@ trap 'fail "command failed (line $LINENO): $BASH_COMMAND"' ERR
 trap 'stop_origin' EXIT
 trap 'exit 130' INT TERM
 
-# Polls a command until it succeeds or the deadline passes.
-poll() { # timeout cmd...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 1
-  done
-}
+# poll (bounded), and denied calling pass and fail above.
+# shellcheck source=hack/lib/check.sh
+. hack/lib/check.sh
 
 # --- images ----------------------------------------------------------------------------------------
 step images "the agent and operator OCI archives (hack/image) into the node's containerd"
@@ -179,7 +173,7 @@ EOF
     log "note: $c image built from revision $revision, HEAD is $head (make image COMPONENT=$c rebuilds it)"
   timeout 300 hack/node/node.sh load-image "$archive" >"$LOGS/load-$c.log" 2>&1 ||
     fail "node.sh load-image $archive: $(cat "$LOGS/load-$c.log")"
-  ok "$c: $ref imported from $archive ($(du -h "$archive" | cut -f1))"
+  pass "$c: $ref imported from $archive ($(du -h "$archive" | cut -f1))"
 done
 loaded="$(ctr --address "$TESTNODE_DIR/containerd/containerd.sock" -n k8s.io images ls -q)"
 for c in agent operator; do
@@ -202,7 +196,7 @@ mkdir -p "$NPU_DIR"
 [[ -c "$NPU_DIR/rknpu" ]] || mknod -m 0660 "$NPU_DIR/rknpu" c 1 3
 kubectl label node "$NODE_NAME" --overwrite node-restriction.kubernetes.io/rockchip-llama-board=true >/dev/null
 FIXTURE_MEM=$(($(awk '/^MemTotal:/ {print $2}' "$BOARD/sysfs/proc/meminfo") * 1024))
-ok "board directory $BOARD; $NPU_DIR/rknpu (c 1:3); node $NODE_NAME labelled node-restriction.kubernetes.io/rockchip-llama-board=true"
+pass "board directory $BOARD; $NPU_DIR/rknpu (c 1:3); node $NODE_NAME labelled node-restriction.kubernetes.io/rockchip-llama-board=true"
 
 # Repositories without the registry (image.registry adds "localhost") and without the tag.
 AGENT_REPO="${REF[agent]#localhost/}"
@@ -228,11 +222,11 @@ VALUES=(-f "$WORK/values.yaml")
 # --- static ----------------------------------------------------------------------------------------
 step static "helm lint, helm template | kubectl apply --dry-run=server"
 out="$(helm lint --strict "$CHART" "${VALUES[@]}" 2>&1)" || fail "helm lint --strict: $out"
-ok "helm lint --strict (these values)"
+pass "helm lint --strict (these values)"
 kubectl create namespace "$NS" >/dev/null
 helm template "$RELEASE" "$CHART" -n "$NS" --include-crds "${VALUES[@]}" >"$WORK/rendered.yaml"
 out="$(kubectl apply --dry-run=server -f "$WORK/rendered.yaml" 2>&1)" || fail "server-side dry run: $out"
-ok "helm template | kubectl apply --dry-run=server: $(wc -l <<<"$out") objects accepted"
+pass "helm template | kubectl apply --dry-run=server: $(wc -l <<<"$out") objects accepted"
 for c in agent operator; do
   grep -qF "image: ${REF[$c]}" "$WORK/rendered.yaml" || fail "the rendering does not use ${REF[$c]}"
 done
@@ -241,7 +235,7 @@ done
 # --- install ---------------------------------------------------------------------------------------
 step install "helm install $RELEASE -n $NS"
 out="$(helm install "$RELEASE" "$CHART" -n "$NS" "${VALUES[@]}" --timeout 60s 2>&1)" || fail "helm install: $out"
-ok "helm install: $(grep -m1 '^STATUS' <<<"$out")"
+pass "helm install: $(grep -m1 '^STATUS' <<<"$out")"
 
 ds_ready() { # name
   [[ "$(kubectl -n "$NS" get ds "$1" -o jsonpath='{.status.desiredNumberScheduled}/{.status.numberReady}')" == 1/1 ]]
@@ -266,11 +260,11 @@ for comp in operator agent device-plugin; do
     [[ "$comp" == operator ]] && want="${REF[operator]}"
     [[ "$image:$tag" == "$want" ]] || fail "$comp pod $name runs $image:$tag, want $want"
   done
-  ok "$comp: $(wc -w <<<"$line") pod(s) Running and Ready on $NODE_NAME, no restarts, image ${image}:$tag"
+  pass "$comp: $(wc -w <<<"$line") pod(s) Running and Ready on $NODE_NAME, no restarts, image ${image}:$tag"
 done
 npu="$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.allocatable.rockchipllama\.io/npu}')"
 [[ "$npu" == 1 ]] || fail "node $NODE_NAME allocatable rockchipllama.io/npu is '$npu', want 1 (device plugin)"
-ok "node $NODE_NAME advertises rockchipllama.io/npu: 1 (the device plugin registered with the kubelet)"
+pass "node $NODE_NAME advertises rockchipllama.io/npu: 1 (the device plugin registered with the kubelet)"
 AGENT_POD="$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].metadata.name}')"
 AGENT_IP="$(kubectl -n "$NS" get pod "$AGENT_POD" -o jsonpath='{.status.podIP}')"
 
@@ -284,7 +278,7 @@ IFS=: read -r soc mem rt abi <<<"$(kubectl get board "$NODE_NAME" -o jsonpath='{
 [[ "$soc" == rk3588 ]] || fail "Board soc '$soc', want rk3588 (the fixture's device tree)"
 [[ "$mem" == "$FIXTURE_MEM" ]] || fail "Board memory.totalBytes $mem, want the fixture's $FIXTURE_MEM (the fixture mount)"
 [[ "$rt:$abi" == 1.2.*:1.2 ]] || fail "Board npu runtime '$rt' ABI '$abi', want rkllm-sim's 1.2.x / 1.2 (agent.rkllm.library)"
-ok "Board $NODE_NAME Ready: soc $soc, memory $mem (the fixture's), runtime $rt ABI $abi (rkllm-sim), endpoint http://$AGENT_IP:8080"
+pass "Board $NODE_NAME Ready: soc $soc, memory $mem (the fixture's), runtime $rt ABI $abi (rkllm-sim), endpoint http://$AGENT_IP:8080"
 
 # shellcheck disable=SC2016 # expanded by the container's shell
 out="$(kubectl -n "$NS" exec "$AGENT_POD" -c agent -- sh -c \
@@ -294,15 +288,15 @@ mapfile -t got <<<"$out"
 [[ "${got[0]}" == 1:3 && "${got[1]}" == "$NPU_DIR/rknpu" ]] ||
   fail "in the agent's container: device ${got[0]}, ROCKCHIP_LLAMA_NPU_DEVICES '${got[1]}'"
 NOFILE_HARD="${got[2]}"
-ok "the agent's container has $NPU_DIR/rknpu (c 1:3) and ROCKCHIP_LLAMA_NPU_DEVICES from the plugin's Allocate"
+pass "the agent's container has $NPU_DIR/rknpu (c 1:3) and ROCKCHIP_LLAMA_NPU_DEVICES from the plugin's Allocate"
 
 out="$(kubectl -n "$NS" logs "$AGENT_POD" -c agent)" || fail "kubectl logs $AGENT_POD failed"
 grep -q "registered the Board board=$NODE_NAME" <<<"$out" || fail "the agent's log lacks 'registered the Board board=$NODE_NAME': $out"
 grep -q 'RKLLM runtime loaded' <<<"$out" || fail "the agent's log lacks 'RKLLM runtime loaded': $out"
-ok "kubectl logs: the agent loaded the RKLLM runtime and registered its Board ($(wc -l <<<"$out") lines)"
+pass "kubectl logs: the agent loaded the RKLLM runtime and registered its Board ($(wc -l <<<"$out") lines)"
 out="$(kubectl -n "$NS" logs -l app.kubernetes.io/component=device-plugin)" || fail "kubectl logs of the device plugin failed"
 grep -q 'registered with the kubelet' <<<"$out" || fail "the device plugin's log lacks 'registered with the kubelet': $out"
-ok "kubectl logs: the device plugin registered with the kubelet"
+pass "kubectl logs: the device plugin registered with the kubelet"
 
 rc=0
 out="$(kubectl -n "$NS" exec "$AGENT_POD" -c agent -- rockchip-llama-agent doctor 2>&1)" || rc=$?
@@ -318,7 +312,7 @@ if ((NOFILE_HARD >= 102400)); then allowed_fails=""; else allowed_fails="open fi
 [[ "$rc" == "$([[ -n "$fails" ]] && echo 1 || echo 0)" ]] || fail "doctor exited $rc with failures '$fails'"
 note=""
 [[ -z "$fails" ]] || note=" (its only failure, $fails: the container's hard limit is $NOFILE_HARD here)"
-ok "kubectl exec ... rockchip-llama-agent doctor: RK3588, runtime ABI 1.2 from the chart's mount; exit $rc$note"
+pass "kubectl exec ... rockchip-llama-agent doctor: RK3588, runtime ABI 1.2 from the chart's mount; exit $rc$note"
 
 # --- rbac ------------------------------------------------------------------------------------------
 step rbac "RBAC per service account; the agent pod's own token against the admission policy"
@@ -339,7 +333,7 @@ OPERATOR_TOKEN="$(kubectl -n "$NS" create token "$RELEASE-operator" --duration=1
 who="$(as_token "$AGENT_TOKEN" auth whoami -o jsonpath='{.status.userInfo.username} {.status.userInfo.extra.authentication\.kubernetes\.io/node-name[0]} {.status.userInfo.extra.authentication\.kubernetes\.io/pod-name[0]}')"
 [[ "$who" == "system:serviceaccount:$NS:$RELEASE-agent $NODE_NAME $AGENT_POD" ]] ||
   fail "the agent pod's token is '$who', want its service account, node $NODE_NAME, pod $AGENT_POD"
-ok "the agent pod's token: $who"
+pass "the agent pod's token: $who"
 
 FAILS=0
 can() { # yes|no who(token var name | as:user) verb resource [namespace]
@@ -395,7 +389,7 @@ PLUGIN_POD="$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=device-pl
 if kubectl -n "$NS" exec "$PLUGIN_POD" -- test -e /var/run/secrets/kubernetes.io/serviceaccount/token 2>/dev/null; then
   fail "the device plugin's pod has a service-account token mounted"
 fi
-ok "the device plugin's pod has no service-account token"
+pass "the device plugin's pod has no service-account token"
 
 # Another board, as an administrator creates it; then what the agent's token may and may not do.
 OTHER=chart-phase-other-board
@@ -414,19 +408,8 @@ status_patch() { # board endpoint
   as_token "$AGENT_TOKEN" apply --server-side --force-conflicts --field-manager=rockchip-llama-chart-phase \
     --subresource=status -f - <<<"{\"apiVersion\":\"rockchipllama.io/v1alpha1\",\"kind\":\"Board\",\"metadata\":{\"name\":\"$1\"},\"status\":{\"endpoint\":\"$2\"}}"
 }
-denied() { # description expected-substring cmd...
-  local what="$1" expect="$2" out
-  shift 2
-  if out="$("$@" 2>&1)"; then
-    fail "allowed, should be denied: $what"
-  elif grep -qF -- "$expect" <<<"$out"; then
-    ok "denied: $what ($expect)"
-  else
-    fail "denied without '$expect': $what: $out"
-  fi
-}
 out="$(status_patch "$NODE_NAME" "$own_endpoint" 2>&1)" || fail "the agent's token may not patch its own Board's status: $out"
-ok "allowed: the agent pod's token patches Board $NODE_NAME's status"
+pass "allowed: the agent pod's token patches Board $NODE_NAME's status"
 denied "the agent's token patches another Board's status (with that Board's own value)" \
   "may write only the Board and Lease named $NODE_NAME, not $OTHER" status_patch "$OTHER" http://10.244.0.250:8080
 denied "the agent's token patches another Board's status" "not $OTHER" status_patch "$OTHER" "$own_endpoint"
@@ -457,7 +440,7 @@ python3 hack/py/origin.py --dir "$WORK/origin" --port "$ORIGIN_PORT" --bind "$NO
 ORIGIN_PID=$!
 ORIGIN="http://$NODE_IP:$ORIGIN_PORT"
 poll 30 curl -sf --max-time 2 -o /dev/null -r 0-0 "$ORIGIN/$(basename "$GGUF")" || fail "the origin does not answer on $ORIGIN"
-ok "origin $ORIGIN (hack/py/origin.py) serving $(basename "$GGUF") and $(basename "$SIM_MODEL")"
+pass "origin $ORIGIN (hack/py/origin.py) serving $(basename "$GGUF") and $(basename "$SIM_MODEL")"
 : >"$LOGS/origin-requests.jsonl"
 
 md() { # name model format file [aliases-json]
@@ -487,7 +470,7 @@ md_ready() { # name: 1 replica ready and Ready=True, for the current generation
 for m in smollm2 qwen3-sim; do
   poll "$MODEL_TIMEOUT" md_ready "$m" || fail "ModelDeployment $m not Ready after $MODEL_TIMEOUT s"
 done
-ok "ModelDeployments smollm2 (GGUF, llama.cpp) and qwen3-sim (.rkllm, rkllm-sim) Ready on $NODE_NAME"
+pass "ModelDeployments smollm2 (GGUF, llama.cpp) and qwen3-sim (.rkllm, rkllm-sim) Ready on $NODE_NAME"
 sent() { # file
   python3 - "$LOGS/origin-requests.jsonl" "$(basename "$1")" <<'EOF'
 import json, sys
@@ -507,14 +490,14 @@ client() {
     --model smollm2-135m-instruct=smollm2 --model qwen3-0.6b-sim
 }
 client || fail "the openai client through the gateway's ClusterIP $CLUSTER_IP:$GW_PORT failed"
-ok "the openai client answered through http://$CLUSTER_IP:$GW_PORT (ClusterIP, kube-proxy) by both engines"
+pass "the openai client answered through http://$CLUSTER_IP:$GW_PORT (ClusterIP, kube-proxy) by both engines"
 
 # --- upgrade ---------------------------------------------------------------------------------------
 step upgrade "helm upgrade --set logLevel=debug"
 TOKEN_BEFORE="$(kubectl -n "$NS" get secret "$RELEASE-cluster-token" -o jsonpath='{.data.token}')"
 out="$(helm upgrade "$RELEASE" "$CHART" -n "$NS" "${VALUES[@]}" --set logLevel=debug --timeout 60s 2>&1)" ||
   fail "helm upgrade: $out"
-ok "helm upgrade: $(grep -m1 '^REVISION' <<<"$out")"
+pass "helm upgrade: $(grep -m1 '^REVISION' <<<"$out")"
 rolled() { # kind name
   kubectl -n "$NS" rollout status "$1/$2" --timeout=5s >/dev/null 2>&1 &&
     [[ "$(kubectl -n "$NS" get "$1" "$2" -o jsonpath='{.status.observedGeneration}')" == "$(kubectl -n "$NS" get "$1" "$2" -o jsonpath='{.metadata.generation}')" ]]
@@ -535,7 +518,7 @@ for comp in agent operator; do
 done
 [[ "$(kubectl -n "$NS" get secret "$RELEASE-cluster-token" -o jsonpath='{.data.token}')" == "$TOKEN_BEFORE" ]] ||
   fail "helm upgrade changed the generated cluster token"
-ok "operator and agent rolled (agent pod $AGENT_POD -> $NEW_AGENT), both with logLevel debug; cluster token kept"
+pass "operator and agent rolled (agent pod $AGENT_POD -> $NEW_AGENT), both with logLevel debug; cluster token kept"
 AGENT_POD="$NEW_AGENT"
 AGENT_IP="$(kubectl -n "$NS" get pod "$AGENT_POD" -o jsonpath='{.status.podIP}')"
 poll "$BOARD_TIMEOUT" board_ready || fail "Board $NODE_NAME not Ready with the new pod's endpoint after the upgrade"
@@ -549,7 +532,7 @@ out="$(kubectl -n "$NS" logs "$AGENT_POD" -c agent)" || fail "kubectl logs $AGEN
 grep -q ' DEBUG ' <<<"$out" || fail "the upgraded agent logs no DEBUG line"
 restarts="$(kubectl -n "$NS" get pods -o jsonpath='{range .items[*]}{.metadata.name}={.status.containerStatuses[0].restartCount} {end}')"
 [[ ! "$restarts" =~ =[1-9] ]] || fail "containers restarted: $restarts"
-ok "after the upgrade: Board Ready at http://$AGENT_IP:8080, both models served again from the hostPath store (origin sent nothing more), the agent logs at debug"
+pass "after the upgrade: Board Ready at http://$AGENT_IP:8080, both models served again from the hostPath store (origin sent nothing more), the agent logs at debug"
 
 # --- uninstall -------------------------------------------------------------------------------------
 step uninstall "delete the ModelDeployments, helm uninstall"
@@ -558,9 +541,9 @@ kubectl -n "$MD_NS" delete md smollm2 qwen3-sim --wait=true --timeout="${GONE_TI
   fail "the ModelDeployments were not deleted within $GONE_TIMEOUT s (their finalizer needs the controller)"
 board_empty() { [[ -z "$(kubectl get board "$NODE_NAME" -o jsonpath='{.spec.models}')" ]]; }
 poll 60 board_empty || fail "Board $NODE_NAME still has models assigned after the ModelDeployments are gone"
-ok "ModelDeployments deleted (the controller removed their finalizers and the Board's assignments)"
+pass "ModelDeployments deleted (the controller removed their finalizers and the Board's assignments)"
 out="$(helm uninstall "$RELEASE" -n "$NS" --timeout 60s 2>&1)" || fail "helm uninstall: $out"
-ok "helm uninstall: $out"
+pass "helm uninstall: $out"
 no_pods() { [[ -z "$(kubectl -n "$NS" get pods -o name)" ]]; }
 poll "$GONE_TIMEOUT" no_pods || fail "pods left in $NS $GONE_TIMEOUT s after helm uninstall: $(kubectl -n "$NS" get pods -o name)"
 left="$(python3 - "$WORK/manifest.yaml" "$NS" <<'EOF'
@@ -588,7 +571,7 @@ kubectl get crd boards.rockchipllama.io modeldeployments.rockchipllama.io -o nam
 runtime="$(kubectl get boards -o name; kubectl -n "$NS" get leases -o name)"
 want="$(printf '%s\n' "board.rockchipllama.io/$NODE_NAME" "lease.coordination.k8s.io/$LEADER_LEASE" "lease.coordination.k8s.io/$NODE_NAME" | sort)"
 [[ "$(sort <<<"$runtime")" == "$want" ]] || fail "after uninstall the run-time objects are [$(paste -sd' ' <<<"$runtime")], want [$(paste -sd' ' <<<"$want")]"
-ok "helm uninstall: all $n objects of the release gone, no pods in $NS, the CRDs kept; left as documented: $(paste -sd' ' <<<"$runtime")"
+pass "helm uninstall: all $n objects of the release gone, no pods in $NS, the CRDs kept; left as documented: $(paste -sd' ' <<<"$runtime")"
 
 stop_origin
 STEPS+=("$STEP_NAME $((SECONDS - STEP_T))s")

@@ -64,14 +64,8 @@ trap 'exit 130' INT TERM
 kubectl() { command kubectl --request-timeout=30s "$@"; }
 
 # Polls a command until it succeeds or the deadline passes.
-poll() { # timeout cmd...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.5
-  done
-}
+# shellcheck source=hack/lib/check.sh
+. hack/lib/check.sh
 
 # A DaemonSet with 0 desired pods counts as rolled out, so check the numbers, not only status.
 ds_ready() { # namespace name
