@@ -1,5 +1,6 @@
 # One Dockerfile for both images: COMPONENT=agent (the node agent, glibc, dlopens the vendor
-# librkllmrt.so from the host) or COMPONENT=operator (operator + gateway, static, distroless).
+# librkllmrt.so from the host) or COMPONENT=operator (operator + gateway, distroless: glibc and
+# nothing else, no shell).
 #
 #   make image COMPONENT=agent ARCH=arm64      (docker buildx where a daemon answers, else buildah)
 #   docker buildx build --platform linux/arm64 --build-arg COMPONENT=agent -t rockchip-llama-agent .
@@ -39,17 +40,16 @@ COPY . .
 # - a cross build names the target's gcc (Debian's triplet-prefixed names) for cc, the linker and
 #   cmake (llama-cpp-sys-2 hands CMAKE_* variables to it); a native build sets none of them and
 #   omits --target, so it is the plain `cargo build --release` of a developer's machine;
-# - the operator links glibc statically (so --target, which keeps the static flag off build
-#   scripts and proc macros): the distroless base has no libc. Name lookups still work, glibc
-#   >= 2.34 has the files and dns NSS modules built in;
+# - both components are the same plain glibc build (the operator's distroless `cc` base has glibc
+#   and libgcc_s), so both can start from the build machine's own compiled dependencies (below);
 # - the agent gets llama.cpp's OpenMP runtime from the gcc that linked it (the slim base has no
 #   libgomp), the CA bundle for model downloads, and /models owned by its user, so that a fresh
 #   named volume mounted there is writable too.
-# CARGO_HOME_DIR: cargo's home for the build, default the rust image's. For the agent `make
-# test-image` passes the build machine's own and lays that machine's cargo registry and target
-# directory under the two caches (copy-on-write), so a native build finds what the machine's
-# `cargo build --release` compiled: cargo's fingerprints include the registry's path
-# (docs/development.md, "Container images"). Not named CARGO_HOME: the image's ENV would win.
+# CARGO_HOME_DIR: cargo's home for the build, default the rust image's. `make test-image` passes
+# the build machine's own and lays that machine's cargo registry and target directory under the
+# two caches (copy-on-write), so a native build finds what the machine's `cargo build --release`
+# compiled: cargo's fingerprints include the registry's path (docs/development.md, "Container
+# images"). Not named CARGO_HOME: the image's ENV would win.
 ARG CARGO_HOME_DIR=/usr/local/cargo
 ARG COMPONENT
 RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=${CARGO_HOME_DIR}/registry \
@@ -69,12 +69,7 @@ RUN --mount=type=cache,id=rockchip-llama-cargo-registry,target=${CARGO_HOME_DIR}
         CMAKE_SYSTEM_NAME=Linux CMAKE_SYSTEM_PROCESSOR="$arch"; \
       target="--target=$triple"; bindir="$CARGO_TARGET_DIR/$triple/release"; \
     fi; \
-    case "$COMPONENT" in \
-      agent) ;; \
-      operator) export "CARGO_TARGET_${triple_env}_RUSTFLAGS=-C target-feature=+crt-static"; \
-                target="--target=$triple"; bindir="$CARGO_TARGET_DIR/$triple/release" ;; \
-      *) echo "COMPONENT $COMPONENT: agent or operator" >&2; exit 1 ;; \
-    esac; \
+    case "$COMPONENT" in agent | operator) ;; *) echo "COMPONENT $COMPONENT: agent or operator" >&2; exit 1 ;; esac; \
     cargo build --release --locked $target -p "rockchip-llama-$COMPONENT" --bin "rockchip-llama-$COMPONENT"; \
     out=/out/root; \
     install -D -m 0755 "$bindir/rockchip-llama-$COMPONENT" "$out/usr/local/bin/rockchip-llama-$COMPONENT"; \
@@ -99,7 +94,8 @@ CMD ["serve"]
 LABEL org.opencontainers.image.description="RockchipLlama node agent: OpenAI and Ollama APIs on an RK3588 board's NPU (RKLLM, the host's librkllmrt.so) or CPU (llama.cpp)"
 
 # --- operator runtime -------------------------------------------------------------------------
-FROM gcr.io/distroless/static-debian12 AS operator
+# glibc and libgcc_s, which the operator links against; no shell, no package manager.
+FROM gcr.io/distroless/cc-debian12 AS operator
 COPY --from=build /out/root/ /
 USER 65532:65532
 EXPOSE 11434

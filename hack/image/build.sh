@@ -14,14 +14,14 @@
 # lib.sh). With buildah the bases are, by default, the local stand-ins of hack/image/standins.sh
 # (IMAGE_BASES=standins, for machines that cannot pull); IMAGE_BASES=registry pulls the real ones.
 #
-# IMAGE_CARGO_SEED=1 (buildah, the agent, native, root; `make test-image` sets it): the Dockerfile's
+# IMAGE_CARGO_SEED=1 (buildah, native, root; `make test-image` sets it): the Dockerfile's
 # two cargo caches start from this machine's own cargo registry ($CARGO_HOME/registry) and target
 # directory ($CARGO_TARGET_DIR) instead of empty: each cache directory gets an overlay mount for
 # the build, the machine's directory as its read-only lower layer and a private upper layer under
 # ~/.cache/rockchip-llama/buildah/seed/ taking every write, so the machine's own build is never
 # touched. With CARGO_HOME passed through (build argument CARGO_HOME_DIR) the registry's path, part of cargo's
-# fingerprints, is the same inside, and what `make build` compiled (llama.cpp included) is fresh.
-# Only the agent: the operator image's static build has no counterpart on the machine.
+# fingerprints, is the same inside, and what `make build` compiled (llama.cpp included) is fresh:
+# the agent's and the operator's `cargo build --release -p …` in the image are the machine's own.
 set -euo pipefail
 # shellcheck source=hack/image/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -66,8 +66,7 @@ else
     seeded=()
   }
   trap unseed EXIT
-  if [ "${IMAGE_CARGO_SEED:-0}" = 1 ] && [ "$component" = agent ] && [ "$arch" = "$host_arch" ] \
-    && [ "$(id -u)" -eq 0 ]; then
+  if [ "${IMAGE_CARGO_SEED:-0}" = 1 ] && [ "$arch" = "$host_arch" ] && [ "$(id -u)" -eq 0 ]; then
     host_cargo_home=${CARGO_HOME:-$HOME/.cargo}
     host_target=${CARGO_TARGET_DIR:-$CACHE/target}
     seed() {  # seed LOWER CACHE_ID: overlay LOWER (read-only) + a private upper onto the cache

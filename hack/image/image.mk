@@ -7,7 +7,8 @@
 #                        reference localhost/rockchip-llama-<component>:<version>
 #   make images          both components for this machine's architecture
 #   make test-compose    docker-compose.yml against the Compose Specification's JSON schema
-#   make test-image      both images built (the agent's cargo stage seeded from `make build`), then
+#   make test-image      both images built (their cargo stage seeded from this machine's release
+#                        build of the agent and the operator), then
 #                        each binary run inside its image as its user
 #
 # docs/development.md, "Container images", has the details and the measured times.
@@ -34,7 +35,9 @@ test-compose:
 	@py=$$($(IMAGE_REPO_ROOT)/hack/pyenv.sh) && schema=$$($(IMAGE_DIR)/compose-schema.sh) && \
 	  "$$py" $(IMAGE_DIR)/check_compose.py "$$schema" $(IMAGE_REPO_ROOT)/docker-compose.yml
 
-# `build` first: the agent image's cargo stage starts from that build (IMAGE_CARGO_SEED, build.sh).
+# `build` and the operator's release build first: the images' cargo stage starts from them
+# (IMAGE_CARGO_SEED, build.sh), so it compiles nothing the machine has compiled already.
 test-image: test-compose image-deps build
+	cargo build --release -p rockchip-llama-operator
 	$(call step,images: agent and operator from the Dockerfile (stand-in bases); each binary run inside as its user)
 	$(IMAGE_DIR)/test.sh

@@ -22,7 +22,7 @@ STANDINS_DIR=$CACHE/standins
 # The three base images the Dockerfile's FROM lines name. The stand-ins are tagged exactly so.
 RUST_BASE=docker.io/library/rust:1.95-bookworm
 SLIM_BASE=docker.io/library/debian:bookworm-slim
-STATIC_BASE=gcr.io/distroless/static-debian12
+CC_BASE=gcr.io/distroless/cc-debian12
 
 log() { printf 'image: %s\n' "$*" >&2; }
 die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }

@@ -8,9 +8,13 @@
 #                                            the real image's buildpack-deps base brings and the
 #                                            build uses) + this machine's Rust 1.95 toolchain
 #                                            under /usr/local/{rustup,cargo}, as the real image
-#   gcr.io/distroless/static-debian12        a few files: /etc/passwd with root, nobody and
+#   gcr.io/distroless/cc-debian12            a few files: /etc/passwd with root, nobody and
 #                                            nonroot (65532), /etc/group, nsswitch.conf, the CA
-#                                            bundle, zoneinfo, /tmp, /home/nonroot
+#                                            bundle, zoneinfo, /tmp, /home/nonroot; and the files
+#                                            of Debian's libc6, libgcc-s1 and libstdc++6 taken
+#                                            from the minbase root file system (no shell, no
+#                                            package manager; the real image adds libgomp1 and
+#                                            libssl3, which the operator does not use)
 #
 # They are stand-ins, not copies: good enough to build and run our images, labelled
 # org.rockchip-llama.standin=<recipe> so a changed recipe (the numbers below, the toolchain, the
@@ -39,7 +43,7 @@ exec 8> "$STANDINS_DIR/.lock"
 flock 8
 
 # Bump a number when its recipe below changes.
-SLIM_RECIPE=1 RUST_RECIPE=1 STATIC_RECIPE=1
+SLIM_RECIPE=1 RUST_RECIPE=1 CC_RECIPE=1
 sysroot=$(rustc --print sysroot)
 rust_version=$(rustc --version | awk '{print $2}')
 case "$rust_version" in
@@ -50,7 +54,7 @@ extra_cas=(/usr/local/share/ca-certificates/*.crt)
 [ -e "${extra_cas[0]}" ] || extra_cas=()
 slim_recipe="slim-$SLIM_RECIPE"
 rust_recipe="rust-$RUST_RECIPE-$SLIM_RECIPE-$( { rustc -vV; cat "${extra_cas[@]}" /dev/null; } | sha256sum | cut -c1-12)"
-static_recipe="static-$STATIC_RECIPE"
+cc_recipe="cc-$CC_RECIPE-$SLIM_RECIPE"
 
 current() {  # current NAME RECIPE: the stand-in exists with this recipe
   [ "$force" = 0 ] || return 1
@@ -141,9 +145,9 @@ else
   log "$RUST_BASE: stand-in made in $(since "$t0") s"
 fi
 
-# --- gcr.io/distroless/static-debian12 -----------------------------------------------------------
-if current "$STATIC_BASE" "$static_recipe"; then
-  log "$STATIC_BASE: stand-in up to date"
+# --- gcr.io/distroless/cc-debian12 ---------------------------------------------------------------
+if current "$CC_BASE" "$cc_recipe"; then
+  log "$CC_BASE: stand-in up to date"
 else
   t0=$(date +%s.%N)
   root=$(mktemp -d "$STANDINS_DIR/rootfs.XXXXXX")
@@ -168,6 +172,28 @@ EOF
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/" \
     || die "no CA bundle at /etc/ssl/certs/ca-certificates.crt (Debian: ca-certificates)"
   [ -d /usr/share/zoneinfo ] && cp -a /usr/share/zoneinfo "$root/usr/share/"
+  # The C runtime the operator links against (glibc, libgcc_s; libstdc++ as the real image has
+  # it): every file and link the three packages installed in the minbase root file system.
+  mb=$(mktemp -d "$STANDINS_DIR/minbase.XXXXXX")
+  trap 'rm -rf "$root" "$root.tar" "$mb"' EXIT
+  tar -C "$mb" -xf "$minbase"
+  dpkg_arch=$(dpkg --print-architecture)
+  # Debian's merged /usr first: /lib and /lib64 are links into /usr, where the packages' files
+  # (listed under their historical /lib paths) and the loader's path lead.
+  mkdir -p "$root/usr/lib" "$root/usr/lib64"
+  for l in lib lib64; do
+    if [ -L "$mb/$l" ]; then cp -a "$mb/$l" "$root/"; fi
+  done
+  for pkg in libc6 libgcc-s1 libstdc++6; do
+    list="$mb/var/lib/dpkg/info/$pkg:$dpkg_arch.list"
+    [ -f "$list" ] || die "$pkg is not in the minbase root file system ($list)"
+    while IFS= read -r f; do
+      if [ -L "$mb$f" ] || [ -f "$mb$f" ]; then (cd "$mb" && cp -a --parents ".$f" "$root/"); fi
+    done < "$list"
+  done
+  rm -rf "$mb"
+  [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || [ "$dpkg_arch" != amd64 ] \
+    || die "the cc stand-in has no dynamic loader at /lib64/ld-linux-x86-64.so.2"
   chown -R 0:0 "$root"
   chown 65532:65532 "$root/home/nonroot"
   tar --numeric-owner -C "$root" -cf "$root.tar" .
@@ -175,8 +201,8 @@ EOF
   bah add --quiet "$c" "$root.tar" / >/dev/null
   bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$c"
-  commit "$c" "$STATIC_BASE" "$static_recipe"
+  commit "$c" "$CC_BASE" "$cc_recipe"
   rm -rf "$root" "$root.tar"
   trap - EXIT
-  log "$STATIC_BASE: stand-in made in $(since "$t0") s"
+  log "$CC_BASE: stand-in made in $(since "$t0") s"
 fi
