@@ -125,5 +125,5 @@ node-down:
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-image test-node
+test: lint check-openapi check-crds test-bench-plots test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-image test-node
 	$(call step,all tests passed)

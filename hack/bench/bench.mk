@@ -22,7 +22,12 @@
 # on multi-turn conversations (3 boards at vendor speed), each on its own private test cluster
 # (~9 min). Writes docs/bench/gateway.{md,json} and gateway-p5.png, gateway-p6.png; options via
 # BENCH_GATEWAY_ARGS (see hack/bench/gateway_bench.py --help, e.g. "--only p5").
-.PHONY: bench bench-npu bench-controller bench-distribution bench-gateway
+#
+# Every report embeds plots drawn with hack/bench/plots.py from its JSON (PNG next to it in
+# docs/bench/); each bench's `--render JSON` (p8: `--replot JSON`) redraws page and plots without
+# measuring. `make test-bench-plots` (part of `make test`, ~40 s) redraws all of them from the
+# committed JSON into a temporary directory and checks the PNGs.
+.PHONY: bench bench-npu bench-controller bench-distribution bench-gateway test-bench-plots
 bench:
 	hack/bench/run.sh $(BENCH_ARGS)
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
@@ -45,3 +50,7 @@ bench-gateway:
 	hack/bench/install-nginx.sh >/dev/null
 	cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator -p rockchip-llama-loadgen
 	py=$$(hack/pyenv.sh) && $$py hack/bench/gateway_bench.py $(BENCH_GATEWAY_ARGS)
+
+test-bench-plots:
+	$(call step,bench plots: every docs/bench report redrawn from its committed JSON)
+	py=$$(hack/pyenv.sh) && nice -n 10 $$py -m unittest discover -s hack/bench -p test_plots.py

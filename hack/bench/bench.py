@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """`make bench`: our agent vs llama.cpp's own llama-server, side by side (issue 2).
 
-Stdlib only (Python 3.11). Normally started by hack/bench/run.sh, which fetches the models, builds
-llama-server and the agent, then runs:
+Stdlib only (Python 3.11), plus matplotlib for the plot (without it the report says so). Normally
+started by hack/bench/run.sh, which fetches the models, builds llama-server and the agent, then runs
+in the project venv (hack/pyenv.sh):
 
     python3 hack/bench/bench.py --llama-server BIN --agent BIN --smollm2 GGUF --gemma GGUF --out docs/bench
+    python3 hack/bench/bench.py --render docs/bench/results.json     (README.md and its plot again)
 
 Method (2 cores, a VM that drifts +-15 % within minutes, so only interleaved ratios mean anything):
   * "theirs" = llama-server, "ours" = rockchip-llama-agent; same GGUF, 2 threads, 4096 context,
@@ -32,7 +34,7 @@ from __future__ import annotations
 #   servers.py  llama-server / agent processes, free ports, CPU-contention monitor (wait_quiet)
 #   measure.py  SSE chat requests, timing, speed / concurrency / prefix-reuse tests
 #   quality.py  known-answer prompts, repetition detector
-#   report.py   machine / build facts, stdout table, Markdown report
+#   report.py   machine / build facts, stdout table, Markdown report and its plot (plots.py)
 import argparse
 import datetime as dt
 import json
@@ -44,8 +46,7 @@ from pathlib import Path
 from common import CACHE, MODELS, TARGETS, fmt, log
 from measure import chat, run_concurrency, run_prefix, run_speed, stream_body
 from quality import run_quality
-from report import (agent_cmake_cache, cmake_cache, cmd_version, git_rev, machine_info, markdown_report,
-                    pretty_argv, render)
+from report import agent_cmake_cache, cmake_cache, cmd_version, git_rev, machine_info, pretty_argv, write_report
 from servers import FOREIGN_MAX, QUIET_STEP, CpuMeter, make_agent, make_llama_server, stop_all, wait_quiet
 
 # ----------------------------------------------------------------------------------------------
@@ -54,12 +55,14 @@ from servers import FOREIGN_MAX, QUIET_STEP, CpuMeter, make_agent, make_llama_se
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llama-server", required=True)
+    ap.add_argument("--render", metavar="JSON", type=Path,
+                    help="only rewrite README.md and its plot next to this results.json (no measuring)")
+    ap.add_argument("--llama-server")
     ap.add_argument("--agent", help="rockchip-llama-agent binary (ours)")
     ap.add_argument("--ours-kind", choices=["agent", "llama-server"], default="agent",
                     help="llama-server = run llama-server on both sides (method self-check)")
-    ap.add_argument("--smollm2", required=True)
-    ap.add_argument("--gemma", required=True)
+    ap.add_argument("--smollm2")
+    ap.add_argument("--gemma")
     ap.add_argument("--models", default="smollm2,gemma")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6)
@@ -76,6 +79,13 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma list of: speed,quality,concurrency,prefix")
     ap.add_argument("--out", default="docs/bench")
     args = ap.parse_args()
+    if args.render:
+        print(write_report(json.loads(args.render.read_text()), args.render.parent))
+        log(f"wrote {args.render.parent / 'README.md'} and its plot from {args.render}")
+        return 0
+    for need in ("llama_server", "smollm2", "gemma"):
+        if not getattr(args, need):
+            ap.error(f"--{need.replace('_', '-')} is required (unless --render)")
     if args.ours_kind == "agent" and not args.agent:
         ap.error("--agent is required unless --ours-kind llama-server")
     skip = set(filter(None, args.skip.split(",")))
@@ -207,14 +217,13 @@ def main() -> int:
                     results["notes"].append(f"{mk}: prefix-test errors ({side}): {p['errors'][:2]}")
 
     results["runtime_s"] = time.monotonic() - t_begin
-    plain, md_table = render(results)
-    print()
-    print(plain)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    (out / "README.md").write_text(markdown_report(results, md_table) + "\n")
-    log(f"wrote {out / 'results.json'} and {out / 'README.md'} ({fmt(results['runtime_s'] / 60, 1)} min)")
+    plain = write_report(results, out)
+    print()
+    print(plain)
+    log(f"wrote {out / 'results.json'}, {out / 'README.md'} and its plot ({fmt(results['runtime_s'] / 60, 1)} min)")
     return 0
 
 

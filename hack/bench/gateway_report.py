@@ -8,8 +8,6 @@ from pathlib import Path
 
 P5_PNG = "gateway-p5.png"
 P6_PNG = "gateway-p6.png"
-COLORS = {"direct": "#4c72b0", "gateway": "#dd8452", "nginx": "#55a868", "LeastLoad": "#4c72b0",
-          "RoundRobin": "#c44e52", "PrefixAffinity": "#8172b3"}
 
 
 def f(x, nd: int = 2) -> str:
@@ -20,125 +18,121 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-# === plots ===
+# === plots (hack/bench/plots.py) ===
+
+# gateway_p5.QUANTILES: the fractions `ttft_quantiles_ms` / `total_quantiles_ms` hold values for.
+P5_QUANTILES = [i / 200 for i in range(201)] + [0.999]
+P5_TARGETS_MS = {"p50": 0.5, "p99": 2.0}  # issue 10: the gateway adds at most this much
+P6_TARGET_RATIO = 0.5  # issue 10: LeastLoad's p99 TTFT at most half RoundRobin's
 
 
 def plot_p5(p5: dict, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import plots
 
     concs = [str(c) for c in p5["concurrency"]]
-    targets = ("direct", "gateway", "nginx")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.26
-    for ax, metric, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "total_ms", "whole answer")):
-        for i, t in enumerate(targets):
-            xs = [k + (i - 1) * width for k in range(len(concs))]
-            p50 = [p5["by_concurrency"][c][t][metric]["p50"] for c in concs]
-            p99 = [p5["by_concurrency"][c][t][metric]["p99"] for c in concs]
-            ax.bar(xs, p99, width, color=COLORS[t], alpha=0.35)
-            ax.bar(xs, p50, width, color=COLORS[t], label=f"{t} (solid p50, light p99)")
-        if metric == "ttft_ms":
-            ax.set_yscale("log")
-        ax.set_xticks(range(len(concs)), [f"{c} clients" for c in concs])
-        ax.set_ylabel("ms (log scale)" if metric == "ttft_ms" else "ms")
-        ax.set_title(f"P5 {title}")
-        ax.grid(axis="y", alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    ax = axes[2]
-    for i, t in enumerate(targets):
-        xs = [k + (i - 1) * width for k in range(len(concs))]
-        ax.bar(xs, [p5["by_concurrency"][c][t]["rps"] for c in concs], width, color=COLORS[t], label=t)
-    ax.set_xticks(range(len(concs)), [f"{c} clients" for c in concs])
-    ax.set_ylabel("requests / s (median of rounds)")
-    ax.set_title("P5 throughput")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    paths = ("direct", "gateway", "nginx")
+    by = p5["by_concurrency"]
+    fig, ax = plots.figure(2, 3, width=15.5, height=8.6,
+                           title=f"P5: the gateway's proxy overhead next to a direct connection and nginx "
+                                 f"(1 board, rkllm-sim × {p5['speedup']}, {p5['rounds']} rounds pooled)")
+    for a, c in zip(ax[:3], concs):
+        series = {}
+        for t in paths:
+            vals = by[c][t].get("ttft_quantiles_ms")
+            if vals and len(vals) == len(P5_QUANTILES):
+                series[t] = (P5_QUANTILES, vals)
+        if series:
+            plots.quantile_cdf(a, series, unit="ms", log=True, xlabel="TTFT, ms (log scale)",
+                               title=f"TTFT distribution, {c} client{'s' if c != '1' else ''}")
+        else:
+            plots.ladder(a, ["TTFT"], {t: [by[c][t]["ttft_ms"]] for t in paths}, unit="TTFT ms",
+                         title=f"TTFT, {c} client{'s' if c != '1' else ''}")
+    groups = [f"{c} client{'s' if c != '1' else ''}" for c in concs]
+    added = {t: [{k: (by[c][t].get("added_ms") or {}).get(f"ttft_{k}") for k in ("p50", "p99")} for c in concs]
+             for t in ("gateway", "nginx")}
+    positive = all(v is not None and v > 0 for per in added.values() for d in per for v in d.values())
+    plots.ladder(ax[3], groups, added, unit="added TTFT, ms", log=positive,
+                 title="TTFT added to the direct path (pooled percentiles)")
+    for k, y in P5_TARGETS_MS.items():
+        plots.target(ax[3], y, f"target: gateway adds ≤ {y:g} ms at {k}")
+    ax[3].legend()
+    plots.grouped_bars(ax[4], groups, {t: [by[c][t]["rps"] for c in concs] for t in paths},
+                       ylabel="requests / s (median of rounds)",
+                       title=f"Throughput, closed loop (max: gateway {p5['max_rps']['gateway']:.0f}, "
+                             f"nginx {p5['max_rps']['nginx']:.0f})")
+    cpu = {"gateway": [by[c]["gateway"]["cpu_us_per_request"].get("operator") for c in concs],
+           "nginx": [by[c]["nginx"]["cpu_us_per_request"].get("nginx") for c in concs]}
+    g, n = cpu["gateway"][-1], cpu["nginx"][-1]
+    plots.grouped_bars(ax[5], groups, cpu, ylabel="proxy CPU, µs per request",
+                       title=f"The proxy's own CPU (gateway / nginx at {concs[-1]} clients: "
+                             f"{g / n:.1f}×)" if g and n else "The proxy's own CPU")
+    plots.save(fig, png)
 
 
 def plot_p6(p6: dict, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import plots
 
     levels = list(p6["levels"])
-    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
-    for ax, level in zip((axes[0][0], axes[0][1]), levels[:2]):
-        for policy, s in p6["levels"][level]["policies"].items():
-            xs = sorted(r["ttft"] for r in s["records"] if r["ttft"] is not None)
-            ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            ax.step(xs, ys, where="post", color=COLORS[policy],
-                    label=f"{policy}: p50 {f(s['ttft_s']['p50'])} s, p99 {f(s['ttft_s']['p99'])} s")
-        ax.axhline(0.99, color="grey", lw=0.7, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlabel("TTFT, s (log scale; from the scheduled send time)")
-        ax.set_ylabel("fraction of requests")
+    fig, ax = plots.figure(3, 2, width=13, height=13,
+                           title=f"P6: routing policies, {p6['boards']} boards at vendor speed (rkllm-sim)")
+    for a, level in zip(ax[:2], levels[:2]):
         e = p6["levels"][level]
-        ax.set_title(f"P6 part A: TTFT CDF at {level}x capacity ({e['requests']} requests, {e['long']} long)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
-    ax = axes[1][0]
+        pols = e["policies"]
+        plots.cdf(a, {pol: [r["ttft"] for r in s["records"] if r["ttft"] is not None] for pol, s in pols.items()},
+                  unit="s", log=True, xlabel="TTFT, s (log scale; from the scheduled send time)")
+        for i, (pol, s) in enumerate(pols.items()):
+            a.axvline(s["ttft_s"]["p99"], color=plots.color(pol, i), lw=0.8, ls=":")
+        ratio = e.get("p99_ratio_ll_rr")
+        rr = pols.get("RoundRobin", {}).get("ttft_s", {}).get("p99")
+        claim = ""
+        if level == levels[0] and rr:
+            plots.target(a, P6_TARGET_RATIO * rr, f"target: LeastLoad p99 ≤ {P6_TARGET_RATIO:g} × RoundRobin's "
+                         f"= {P6_TARGET_RATIO * rr:.2f} s", axis="x")
+            ideal = ideal_fifo_p99(p6, level)
+            if ideal is not None:
+                a.axvline(ideal, color="grey", lw=1, ls="-.",
+                          label=f"one FIFO line over {p6['boards']} boards (simulated): p99 {ideal:.2f} s")
+            claim = f" (target ≤ {P6_TARGET_RATIO:g}×)"
+        a.legend(loc="upper left")
+        a.set_title(f"Part A at {level}× capacity ({e['requests']} requests, {e['long']} long): TTFT CDF\n"
+                    f"p99 LeastLoad / RoundRobin = {f(ratio)}×{claim}; dotted: each policy's p99")
+    a = ax[2]
     level = levels[0]
-    for policy, s in p6["levels"][level]["policies"].items():
+    for i, (pol, s) in enumerate(p6["levels"][level]["policies"].items()):
         for kind, marker in (("short", "o"), ("long", "^")):
             pts = [(r["at"], r["ttft"]) for r in s["records"] if r["ttft"] is not None and r["kind"] == kind]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, color=COLORS[policy],
-                       alpha=0.6, label=f"{policy}, {kind}")
-    ax.set_xlabel("scheduled send time, s")
-    ax.set_ylabel("TTFT, s")
-    ax.set_title(f"P6 part A at {level}x: TTFT by arrival (first come, first served would rise steadily)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    ax = axes[1][1]
+            a.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, color=plots.color(pol, i),
+                      alpha=0.6, label=f"{pol}, {kind}")
+    a.set_xlabel("scheduled send time, s")
+    a.set_ylabel("TTFT, s")
+    a.set_title(f"Part A at {level}×: TTFT by arrival (first come, first served would rise steadily)")
+    a.legend(ncol=2)
     conv = p6["conversations"]
     kinds = [("hit_rate", "all requests"), ("hit_rate_first_turn", "first turns"),
              ("hit_rate_later_turns", "later turns")]
-    width = 0.38
-    for i, (policy, s) in enumerate(conv.items()):
-        xs = [k + (i - 0.5) * width for k in range(len(kinds))]
-        vals = [100 * s[k] for k, _ in kinds]
-        bars = ax.bar(xs, vals, width, color=COLORS[policy], label=policy)
-        for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.0f} %", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    ax.axhline(90, color="grey", lw=0.8, ls="--", label="target 90 % (PrefixAffinity)")
-    ax.set_xticks(range(len(kinds)), [k for _, k in kinds])
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("prefix-cache hit rate, %")
-    ax.set_title("P6 part B: hit rate, multi-turn conversations over 8 system prompts")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(axis="y", alpha=0.3)
-    ax = axes[2][0]
-    for i, (policy, s) in enumerate(conv.items()):
-        turns = s.get("ttft_by_turn_s", [])
-        xs = [k + 1 + (i - 0.5) * width for k in range(len(turns))]
-        ax.bar(xs, turns, width, color=COLORS[policy], label=f"{policy} (mean {f(s['ttft_mean_s'])} s)")
-    ax.set_xticks(range(1, 1 + max((len(s.get("ttft_by_turn_s", [])) for s in conv.values()), default=0)))
-    ax.set_xlabel("turn of the conversation")
-    ax.set_ylabel("mean TTFT, s")
-    ax.set_title("P6 part B: TTFT by turn")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax = axes[2][1]
-    runs = [(f"A {lv}x\n{pol}", s["per_board"]) for lv in levels for pol, s in p6["levels"][lv]["policies"].items()]
+    plots.grouped_bars(ax[3], [k for _, k in kinds], {pol: [100 * s[k] for k, _ in kinds] for pol, s in conv.items()},
+                       ylabel="prefix-cache hit rate, %", annotate="{:.0f} %",
+                       title=f"Part B: hit rate, {p6['conversation_setup']['conversations']} multi-turn conversations "
+                             f"over {p6['conversation_setup']['apps']} system prompts")
+    plots.target(ax[3], 90, "target 90 % (PrefixAffinity, all requests)")
+    ax[3].set_ylim(0, 125)
+    ax[3].legend(loc="upper left", ncol=3)
+    turns = max((len(s.get("ttft_by_turn_s", [])) for s in conv.values()), default=0)
+    plots.grouped_bars(ax[4], [str(k + 1) for k in range(turns)],
+                       {f"{pol} (mean {f(s['ttft_mean_s'])} s)": s.get("ttft_by_turn_s", []) + [None] * (
+                           turns - len(s.get("ttft_by_turn_s", []))) for pol, s in conv.items()},
+                       ylabel="mean TTFT, s", xlabel="turn of the conversation", annotate="{:.2f}",
+                       title="Part B: TTFT by turn")
+    runs = [(f"A {lv}×\n{pol}", s["per_board"]) for lv in levels for pol, s in p6["levels"][lv]["policies"].items()]
     runs += [(f"B\n{pol}", s["per_board"]) for pol, s in conv.items()]
     boards = sorted({b for _, pb in runs for b in pb})
-    width = 0.8 / max(1, len(boards))
-    for j, b in enumerate(boards):
-        xs = [k + (j - (len(boards) - 1) / 2) * width for k in range(len(runs))]
-        ax.bar(xs, [100 * pb.get(b, 0) / max(1, sum(pb.values())) for _, pb in runs], width, label=b)
-    ax.axhline(100 / max(1, len(boards)), color="grey", lw=0.7, ls=":")
-    ax.set_xticks(range(len(runs)), [r for r, _ in runs], fontsize=8)
-    ax.set_ylabel("share of the run's requests, %")
-    ax.set_title("P6 requests per board")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    plots.grouped_bars(ax[5], [r for r, _ in runs],
+                       {b: [100 * pb.get(b, 0) / max(1, sum(pb.values())) for _, pb in runs] for b in boards},
+                       ylabel="share of the run's requests, %", annotate=None, title="Requests per board")
+    ax[5].axhline(100 / max(1, len(boards)), color="grey", lw=0.7, ls=":")
+    for lab in ax[5].get_xticklabels():
+        lab.set_fontsize(7)
+    plots.save(fig, png)
 
 
 # === report ===
@@ -212,7 +206,7 @@ nginx {mr['nginx']:.0f} requests/s.
 | gateway adds ≤ 2 ms at p99 | TTFT {f(worst(gw, 'ttft_p99'))} ms, total {f(worst(gw, 'total_p99'))} ms | {verdict(v['gateway_p99_ok'])} |
 | gateway at least as fast as nginx | nginx adds TTFT p50 {f(worst(ng, 'ttft_p50'))} ms; max req/s gateway {mr['gateway']:.0f} vs nginx {mr['nginx']:.0f} | {verdict(v['gateway_vs_nginx_ok'])} |
 
-![P5: latency and throughput per path](gateway-p5.png)
+![P5: TTFT distributions per path and concurrency, added TTFT against the targets, throughput, proxy CPU](gateway-p5.png)
 
 {chr(10).join(notes)}
 
@@ -427,7 +421,7 @@ still held of the conversation, plus a system prompt loaded from an RKLLM prompt
 least the system prompt's length in tokens. The boards' `prompt_cache_loads` / `prompt_cache_creates`
 counters over the run are shown next to it.
 
-![P6: TTFT CDFs, hit rates, requests per board](gateway-p6.png)
+![P6: TTFT CDFs with the p99 target, TTFT by arrival, hit rates, TTFT by turn, requests per board](gateway-p6.png)
 
 {chr(10).join(notes)}
 
@@ -473,12 +467,15 @@ the comparison inside one run.
 
 
 def write(result: dict, out: Path) -> None:
+    import plots
+
     notes = []
-    try:
+    why = plots.missing()
+    if why:
+        notes.append(f"no plots: {why}")
+    else:
         if "p5" in result:
             plot_p5(result["p5"], out / P5_PNG)
         if "p6" in result:
             plot_p6(result["p6"], out / P6_PNG)
-    except ImportError as e:
-        notes.append(f"no plots: {e}")
     (out / "gateway.md").write_text(markdown(result) + "".join(f"\n_{n}_\n" for n in notes))

@@ -301,6 +301,7 @@ def run_concurrency(srv: Server, model: str, clients: int, seconds: float, max_t
         "req_per_s": len(ok) / elapsed if elapsed else None,
         "ttft_p50_ms": pct(ttfts, 50), "ttft_p99_ms": pct(ttfts, 99),
         "latency_p50_ms": pct([r["total"] * 1000 for r in ok], 50),
+        "ttft_ms": sorted(round(x, 1) for x in ttfts),  # every served request, for the report's CDF
     }
 
 

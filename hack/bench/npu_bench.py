@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """`make bench-npu`: the agent's RKLLM (NPU) engine against rkllm-sim at vendor speed.
 
-Stdlib only (Python 3.11). Normally started by hack/bench/npu_run.sh, which builds rkllm-sim and
-the agent, then runs:
+Stdlib only (Python 3.11), plus matplotlib for the plot (hack/pyenv.sh's venv). Normally started by
+hack/bench/npu_run.sh, which builds rkllm-sim and the agent, then runs:
 
     python hack/bench/npu_bench.py --agent BIN --lib librkllmrt.so(1.3) --model Qwen3-0.6B-sim_w8a8_rk3588.rkllm
+    python hack/bench/npu_bench.py --render docs/bench/npu.json      (npu.md and npu.png again)
 
 rkllm-sim replays the vendor's published RK3588 timings (TTFT 199.09 ms for 128 prompt tokens,
 32.91 tok/s for Qwen3-0.6B w8a8) by sleeping against absolute deadlines on x86, so these numbers
@@ -22,7 +23,7 @@ from __future__ import annotations
 # Modules (this directory is on sys.path when the script runs):
 #   npu_ctypes.py   ctypes binding of the 1.3.0 ABI (sizes asserted)
 #   npu_measure.py  the agent process, prompt scouting, the four tests
-#   npu_report.py   stdout summary and docs/bench/npu.md
+#   npu_report.py   stdout summary, docs/bench/npu.md and npu.png (plots.py)
 import argparse
 import datetime as dt
 import json
@@ -38,7 +39,7 @@ from common import CACHE, fmt, log
 from measure import chat, stream_body
 from npu_ctypes import Rkllm
 from npu_measure import MODEL, NpuAgent, run_clients, run_overhead, run_prompt_cache, scout_prompts
-from npu_report import TARGETS, markdown, summary_lines
+from npu_report import PNG, TARGETS, markdown, plot, summary_lines
 from report import cmd_version, git_rev, machine_info
 from servers import CpuMeter, stop_all, wait_quiet
 
@@ -49,9 +50,9 @@ SIM_TIMING_ENV = ("RKLLM_SIM_PREFILL_MS_PER_TOKEN", "RKLLM_SIM_DECODE_TOK_S", "R
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--agent", required=True, help="rockchip-llama-agent binary")
-    ap.add_argument("--lib", required=True, help="rkllm-sim librkllmrt.so built for ABI 1.3")
-    ap.add_argument("--model", required=True, help="Qwen3-0.6B-sim_w8a8_rk3588.rkllm")
+    ap.add_argument("--agent", help="rockchip-llama-agent binary")
+    ap.add_argument("--lib", help="rkllm-sim librkllmrt.so built for ABI 1.3")
+    ap.add_argument("--model", help="Qwen3-0.6B-sim_w8a8_rk3588.rkllm")
     ap.add_argument("--rounds", type=int, default=20, help="(a) interleaved rounds")
     ap.add_argument("--max-extra-rounds", type=int, default=8,
                     help="(a) extra rounds allowed to replace rounds disturbed by other processes")
@@ -64,7 +65,16 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=120, help="max seconds to wait for a quiet CPU at start")
     ap.add_argument("--skip", default="", help="comma list of: overhead,clients,cache")
     ap.add_argument("--out", default="docs/bench")
+    ap.add_argument("--render", metavar="JSON", type=Path,
+                    help="only rewrite npu.md and npu.png next to this npu.json (no measuring)")
     args = ap.parse_args()
+    if args.render:
+        write(json.loads(args.render.read_text()), args.render.parent)
+        log(f"wrote {args.render.parent / 'npu.md'} and {PNG} from {args.render}")
+        return 0
+    for need in ("agent", "lib", "model"):
+        if not getattr(args, need):
+            ap.error(f"--{need} is required (unless --render)")
     skip = set(filter(None, args.skip.split(",")))
     t_begin = time.monotonic()
 
@@ -201,9 +211,17 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "npu.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    (out / "npu.md").write_text(markdown(results) + "\n")
-    log(f"wrote {out / 'npu.json'} and {out / 'npu.md'} ({fmt(results['runtime_s'] / 60, 1)} min)")
+    write(results, out)
+    log(f"wrote {out / 'npu.json'}, {out / 'npu.md'} and its plot ({fmt(results['runtime_s'] / 60, 1)} min)")
     return 0
+
+
+def write(results: dict, out: Path) -> None:
+    """npu.md and npu.png from a result (a fresh one or a committed npu.json)."""
+    why = plot(results, out / PNG)
+    if why:
+        log(f"no plot: {why}")
+    (out / "npu.md").write_text(markdown(results, why) + "\n")
 
 
 def _embedded_version(lib: str) -> str:

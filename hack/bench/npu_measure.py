@@ -249,6 +249,7 @@ def run_clients(agent: NpuAgent, prompts: list[str], clients: int, per_client: i
         "total_s": total_s, "completion_tokens": toks,
         "agg_tps": toks / total_s if total_s else None,
         "ttft_p50_ms": pct(ttfts, 50), "ttft_p99_ms": pct(ttfts, 99), "ttft_max_ms": max(ttfts) if ttfts else None,
+        "ttft_ms": sorted(round(x, 1) for x in ttfts),  # every served request, for the report's CDF
         "runtime_runs": len(runs), "runs_by_active_slots": dict(sorted(active.items())),
     }
 

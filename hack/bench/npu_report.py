@@ -1,4 +1,4 @@
-"""`make bench-npu` report: the stdout summary and docs/bench/npu.md."""
+"""`make bench-npu` report: the stdout summary, docs/bench/npu.md and its plot npu.png."""
 from __future__ import annotations
 
 from common import fmt
@@ -94,7 +94,7 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, no_plot: str | None = None) -> str:
     cfg, mi, sim = results["config"], results["machine"], results["sim"]
     cmds = results["commands"]
     f = float(cfg["batch_factor"])
@@ -120,6 +120,12 @@ def markdown(results: dict) -> str:
         "",
         ("Targets: (a) from the issue — through the agent, decode tok/s ≥ 99.5 % of the runtime library's "
         "own rate and TTFT at most 2 ms longer; (b) every request served. (c) and (d) are reported, not gated."),
+        "",
+        (f"_No plot: {no_plot}._" if no_plot else f"![(a) TTFT and decode rate library vs agent, (b) TTFT under 8 "
+         f"clients, (c) aggregate tok/s by n_batch, (d) prompt cache]({PNG})"),
+        "",
+        ("The plot is drawn from `npu.json` by `hack/bench/npu_report.py` when the benchmark ends; redraw it and "
+         "this page without measuring: `$(hack/pyenv.sh) hack/bench/npu_bench.py --render docs/bench/npu.json`."),
         "",
         "## The sim's timing model (what the numbers can and cannot show)",
         "",
@@ -276,3 +282,83 @@ def _details(results: dict) -> list[str]:
         lines += ["", (f"Prompt-cache files created: {len(p.get('files', []))}. Other processes used "
                   f"{fmt(p.get('foreign_cores'), 2)} cores during (d)."), ""]
     return lines
+
+
+# === plot (hack/bench/plots.py; needs matplotlib, so only the venv's python draws it) ===
+
+PNG = "npu.png"
+
+
+def plot(results: dict, png) -> str | None:
+    """Writes npu.png; returns why not (no matplotlib) or None."""
+    import plots
+    why = plots.missing()
+    if why:
+        return why
+    fig, ax = plots.figure(2, 3, width=15.5, height=8.6,
+                           title=f"make bench-npu: the RKLLM engine against rkllm-sim at vendor speed "
+                                 f"({results['date']}, git {results['git']}; a sim, not an NPU)")
+    o = results.get("overhead")
+    if o:
+        rounds = [r for r in o["per_round"] if r.get("ok") and (r.get("clean") or o.get("medians_from") != "clean rounds")]
+        plots.cdf(ax[0], {"library": [r["direct"]["ttft_ms"] for r in rounds],
+                          "agent": [r["agent"]["ttft_ms"] for r in rounds]},
+                  unit="TTFT ms", what="rounds",
+                  title=f"(a) TTFT, {'/'.join(map(str, o['prompt_tokens']))}-token prompt: library vs agent")
+        added = [r["ttft_added_ms"] for r in rounds]
+        plots.strip(ax[1], ["added TTFT"], {"agent − library": [added]}, "ms", what="one round",
+                    median_fmt="{:.2f} ms", title="(a) TTFT the agent adds, paired per round")
+        plots.target(ax[1], TARGETS["ttft_added_ms"], f"target ≤ {TARGETS['ttft_added_ms']:g} ms")
+        ax[1].set_ylim(bottom=0)
+        ax[1].legend(title="dot: one round, bar: median", title_fontsize=7)
+        plots.ratio_strip(ax[2], {f"decode tok/s, {o['tokens']} tokens": {"agent / library": [r["decode_ratio"] for r in rounds]}},
+                          {f"decode tok/s, {o['tokens']} tokens": ("≥", TARGETS["decode_ratio"])},
+                          ylabel="ratio agent / library", title="(a) decode rate through the agent")
+    else:
+        for a in ax[:3]:
+            a.set_visible(False)
+    c = results.get("clients")
+    if c:
+        passes = c["passes"]
+        labels = [f"pass {i + 1}: n_batch {p['n_batch']}" for i, p in enumerate(passes)]
+        if all(p.get("ttft_ms") for p in passes):
+            plots.cdf(ax[3], {lab: p["ttft_ms"] for lab, p in zip(labels, passes)}, unit="TTFT ms",
+                      title=f"(b) TTFT, {passes[0]['clients']} clients × {passes[0]['per_client']} requests (queueing included)")
+        else:
+            plots.ladder(ax[3], [lab.replace(": ", "\n") for lab in labels],
+                         {"TTFT": [{"p50": p["ttft_p50_ms"], "p99": p["ttft_p99_ms"], "max": p.get("ttft_max_ms")}
+                                   for p in passes]}, unit="TTFT ms",
+                         title=f"(b) TTFT, {passes[0]['clients']} clients × {passes[0]['per_client']} requests "
+                               "(queueing included)\n(this run kept p50/p99/max only; later runs keep every request)")
+            ax[3].set_ylim(bottom=0)
+        batches = sorted({p["n_batch"] for p in passes})
+        order = {b: [p for p in passes if p["n_batch"] == b] for b in batches}
+        n = max(len(v) for v in order.values())
+        t1 = med(p["agg_tps"] for p in order.get(1, []))
+        tb = med(p["agg_tps"] for p in order.get(c["batch"], []))
+        plots.grouped_bars(ax[4], [f"n_batch {b}" for b in batches],
+                           {f"pass {k + 1} of n_batch": [order[b][k]["agg_tps"] if k < len(order[b]) else None
+                                                         for b in batches] for k in range(n)},
+                           ylabel="aggregate tok/s (all clients)", annotate="{:.1f}",
+                           title=f"(c) {passes[0]['clients']} clients: n_batch {c['batch']} / 1 = "
+                                 f"{fmt(tb / t1 if t1 and tb else None, 2)}× (sim model {fmt(_ideal_batch_gain(results), 2)}×)")
+        if t1 and _ideal_batch_gain(results):
+            plots.target(ax[4], t1 * _ideal_batch_gain(results), "sim model's ideal for n_batch "
+                         f"{c['batch']} (not hardware)")
+            ax[4].legend(loc="upper left")
+    else:
+        ax[3].set_visible(False)
+        ax[4].set_visible(False)
+    p = results.get("prompt_cache")
+    if p:
+        systems = sorted({x["system"] for x in p["on"]})
+        pt = p["prompt_tokens"]
+        plots.strip(ax[5], [f"system prompt {s}\n(~{pt.get(s)} tokens)" for s in systems],
+                    {"cache on": [[x["ttft_ms"] for x in p["on"] if x["system"] == s] for s in systems],
+                     "cache off": [[x["ttft_ms"] for x in p["off"] if x["system"] == s] for s in systems]},
+                    "TTFT ms", log=True, median_fmt="{:.0f}",
+                    title=f"(d) prompt cache: TTFT on / off = {fmt(p['ratio_on_off'], 3)}")
+    else:
+        ax[5].set_visible(False)
+    plots.save(fig, png)
+    return None

@@ -692,12 +692,11 @@ def git_describe() -> str:
 
 def plot(r: dict, png: Path) -> str | None:
     """Converged deployments and operator RSS over time; None when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    import plots
+
+    if plots.missing():
         return "matplotlib is not installed, so no plot was drawn"
+    plt = plots.pyplot()
     polls, rss = r["series"]["polls"], r["series"]["rss"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 2]})
@@ -724,9 +723,7 @@ def plot(r: dict, png: Path) -> str | None:
     bottom.set_xlabel("seconds since the first ModelDeployment was created (after convergence: idle past a resync)")
     bottom.legend(loc="center right")
     bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    plots.save(fig, png)
     return None
 
 
@@ -746,7 +743,10 @@ def markdown(r: dict, png_note: str | None) -> str:
     resync = f" (past the {RESYNC_S} s resync)" if s["seconds"] > RESYNC_S else ""
     plot_md = (f"_No plot: {png_note}; redraw with `hack/bench/p8_controller_scale.py --replot "
                f"docs/bench/controller-scale.json` where matplotlib is installed._"
-               if png_note else "![converged deployments and operator RSS over time](controller-scale.png)")
+               if png_note else "![converged deployments and operator RSS over time](controller-scale.png)\n\n"
+               "The plot is drawn from `controller-scale.json` with `hack/bench/plots.py`; redraw it and this page "
+               "without measuring: `$(hack/pyenv.sh) hack/bench/p8_controller_scale.py --replot "
+               "docs/bench/controller-scale.json`.")
     return f"""# Controller at scale (P8)
 
 {r['boards']} Boards, whose status a load generator writes the way agents do (no agents run), and

@@ -164,7 +164,7 @@ def render(results: dict) -> tuple[str, str]:
     return plain, "\n".join(md_rows)
 
 
-def markdown_report(results: dict, md_table: str) -> str:
+def markdown_report(results: dict, md_table: str, no_plot: str | None = None) -> str:
     c, mi = results["config"], results["machine"]
     lines = [
         "# `make bench`: rockchip-llama-agent vs llama.cpp `llama-server`",
@@ -195,6 +195,12 @@ def markdown_report(results: dict, md_table: str) -> str:
         "prefix reuse cuts TTFT of a repeated ~1k-token system prompt by ≥ 80 %. "
         "Quality is reported, not gated: Gemma 3 270M is a *base* model without a chat template, so it "
         "is expected to answer badly and ramble; SmolLM2-135M is tiny and gets some answers wrong.",
+        "",
+        (f"_No plot: {no_plot}._" if no_plot else f"![speed ratios per round, TTFT per round, TTFT under "
+         f"concurrency, prefix reuse]({PNG})"),
+        "",
+        "The plot is drawn from `results.json` by `hack/bench/report.py` when the benchmark ends; redraw it "
+        "and this page without measuring: `$(hack/pyenv.sh) hack/bench/bench.py --render docs/bench/results.json`.",
         "",
         "## Setup",
         "",
@@ -288,3 +294,101 @@ def pretty_argv(argv: list[str]) -> str:
 def short(s: str, n: int = 70) -> str:
     s = " ".join(s.split()).replace("|", "\\|")
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot (drawn with hack/bench/plots.py; needs matplotlib, so only the venv's python draws it)
+# ----------------------------------------------------------------------------------------------
+
+PNG = "agent-vs-llama-server.png"
+
+
+def plot(results: dict, png: Path) -> str | None:
+    """Writes the report's PNG; returns why not (no matplotlib) or None."""
+    import plots
+    why = plots.missing()
+    if why:
+        return why
+    ours_name, theirs_name = results["config"]["ours_label"], "llama-server"
+    models = list(results["models"])
+    names = [MODELS[mk]["name"] for mk in models]
+    t = results.get("targets") or {}
+    fig, ax = plots.figure(2, 2, width=13, height=9.2,
+                           title=f"make bench: {ours_name} vs llama-server ({results['date']}, git {results['git']})")
+
+    # Ratios per round: the report's claim.
+    keys = (("decode_tps", "decode tok/s", "≥", t.get("decode", 0.97)),
+            ("prefill_tps", "prefill tok/s", "≥", t.get("prefill", 0.97)),
+            ("ttft_ms", "TTFT, short chat", "≤", t.get("ttft", 1.05)))
+    metrics, targets = {}, {}
+    for key, label, op, y in keys:
+        metrics[label] = {}
+        targets[label] = (op, y)
+        for mk, name in zip(models, names):
+            sp = results["models"][mk].get("speed") or {}
+            rounds = [r for r in sp.get("rounds", []) if r.get("clean", True) or sp.get("ratios_from") != "clean rounds"]
+            metrics[label][name] = [r["ratios"].get(key) for r in rounds if r.get("ratios")]
+    plots.ratio_strip(ax[0], metrics, targets, what="one round", ylabel="ratio ours / theirs",
+                      title="Speed ratios per interleaved round (the claim: median vs target)")
+
+    # TTFT per round, both servers: how much the rounds spread.
+    per = {theirs_name: [], ours_name: []}
+    for mk in models:
+        sp = results["models"][mk].get("speed") or {}
+        for side, label in (("theirs", theirs_name), ("ours", ours_name)):
+            per[label].append([r[side].get("ttft_ms") for r in sp.get("rounds", []) if r.get(side)])
+    plots.strip(ax[1], names, per, "TTFT ms", what="one round (mean of its requests)",
+                title="TTFT, short chat request, every round")
+
+    # Concurrency: the whole TTFT distribution when the run kept the samples, else its percentiles.
+    conc = [(mk, name, results["models"][mk].get("concurrency")) for mk, name in zip(models, names)]
+    conc = [c for c in conc if c[2]]
+    if conc and all(c[2][s].get("ttft_ms") for c in conc for s in ("theirs", "ours")):
+        series = {f"{side_label}, {name}": c[side]["ttft_ms"] for _, name, c in conc
+                  for side, side_label in (("theirs", theirs_name), ("ours", ours_name))}
+        plots.cdf(ax[2], series, unit="TTFT ms", title=_conc_title(conc),
+                  styles={k: ("-" if k.endswith(names[0]) else "--") for k in series})
+    elif conc:
+        groups = [f"{name}\n{fmt(c['theirs']['req_per_s'], 2)} vs {fmt(c['ours']['req_per_s'], 2)} req/s"
+                  for _, name, c in conc]
+        plots.ladder(ax[2], groups, {
+            theirs_name: [{"p50": c["theirs"]["ttft_p50_ms"], "p99": c["theirs"]["ttft_p99_ms"]} for _, _, c in conc],
+            ours_name: [{"p50": c["ours"]["ttft_p50_ms"], "p99": c["ours"]["ttft_p99_ms"]} for _, _, c in conc]},
+            unit="TTFT ms", title=_conc_title(conc) + "\n(this run kept p50/p99 only; later runs keep every request)")
+    else:
+        ax[2].set_visible(False)
+
+    # Prefix reuse: every request's TTFT with the cache on and off.
+    groups, on, off = [], [], []
+    for mk, name in zip(models, names):
+        p = results["models"][mk].get("prefix")
+        if not p:
+            continue
+        for side, label in (("theirs", theirs_name), ("ours", ours_name)):
+            red = p[side].get("reduction")
+            groups.append(f"{name.split('-')[0]}\n{label}\n−{fmt(100 * red if red is not None else None)} %")
+            on.append(p[side]["on"])
+            off.append(p[side]["off"])
+    if groups:
+        plots.strip(ax[3], groups, {"cache on": on, "cache off": off}, "TTFT ms", log=True,
+                    title=f"Prefix reuse, ~1.2k-token system prompt, cache on vs off\n(target: ours ≥ "
+                          f"{100 * t.get('prefix_reduction', 0.8):.0f} % lower TTFT)")
+        for lab in ax[3].get_xticklabels():
+            lab.set_fontsize(7)
+    else:
+        ax[3].set_visible(False)
+    plots.save(fig, png)
+    return None
+
+
+def _conc_title(conc) -> str:
+    c = conc[0][2]["theirs"]
+    return f"{c['clients']} clients × {c['seconds']:g} s, max_tokens {c['max_tokens']}: TTFT"
+
+
+def write_report(results: dict, out: Path) -> str:
+    """README.md and its PNG into `out` (results.json is the caller's); returns the plain table."""
+    plain, md_table = render(results)
+    why = plot(results, out / PNG)
+    (out / "README.md").write_text(markdown_report(results, md_table, why) + "\n")
+    return plain

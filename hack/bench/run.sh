@@ -3,6 +3,7 @@
 # threads, interleaved rounds in one invocation. Measured, not a CI gate.
 #
 #   hack/bench/run.sh                  full run (~15 min warm), writes docs/bench/{README.md,results.json}
+#                                      and agent-vs-llama-server.png
 #   hack/bench/run.sh --rounds 2 ...   extra arguments go to hack/bench/bench.py (see --help)
 #   BENCH_OUT=/tmp/b hack/bench/run.sh write the report elsewhere
 #
@@ -14,7 +15,6 @@
 # Ctrl-C / SIGTERM).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-py="${PYTHON:-python3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rockchip-llama/target}"
 start=$(date +%s)
 step() { echo "bench: [$1/4] $2 (+$(( $(date +%s) - start )) s)" >&2; }
@@ -31,7 +31,8 @@ step 3 "agent (cargo build --release -p rockchip-llama-agent)"
 cargo build --release -p rockchip-llama-agent
 agent="$CARGO_TARGET_DIR/release/rockchip-llama-agent"
 
-step 4 "benchmark (hack/bench/bench.py)"
+step 4 "benchmark (hack/bench/bench.py, in the venv of hack/pyenv.sh: matplotlib for the plot)"
+py="${PYTHON:-$(hack/pyenv.sh)}"
 # bench.py stops the servers it started on SIGTERM/SIGINT/SIGHUP; forward those to it.
 "$py" hack/bench/bench.py --llama-server "$llama_server" --agent "$agent" \
   --smollm2 "${models[0]}" --gemma "${models[1]}" --out "${BENCH_OUT:-docs/bench}" "$@" &
