@@ -26,7 +26,8 @@ pub use board::{
 };
 pub use common::{ChatTemplate, ModelFormat, ModelPhase, ModelSource, PromptCache, RuntimeParams, Sampling};
 pub use model_deployment::{
-    ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, Placement, PlacementStatus, Routing, RoutingStrategy,
+    Autoscaling, AutoscalingStatus, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, Placement,
+    PlacementStatus, Routing, RoutingStrategy,
 };
 pub use yaml::{CrdFile, Error, crd_files, crds, render_all};
 

@@ -115,6 +115,66 @@ pub struct ModelDeploymentSpec {
     /// How the gateway picks a replica for each request.
     #[serde(default)]
     pub routing: Routing,
+
+    /// Replicas follow demand (requests queued and in flight at the gateways) between
+    /// `minReplicas` and `maxReplicas`, down to zero when `minReplicas` is 0. While set, the
+    /// controller decides the count and `replicas` (and `kubectl scale`) is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Demand-driven replica count (`spec.autoscaling`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest replicas, also with no demand. 0 lets an idle model give its NPU back: it is
+    /// unloaded (its file stays cached on the boards) and the first request brings it back.
+    /// Default 1.
+    #[serde(default = "default_min_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("autoscaling.minReplicas must be 0 or more"))]
+    pub min_replicas: i32,
+
+    /// Most replicas, however high the demand.
+    #[x_kube(validation = Rule::new("self >= 1").message("autoscaling.maxReplicas must be at least 1"))]
+    pub max_replicas: i32,
+
+    /// Requests (queued plus running) one replica should carry; replicas = demand divided by
+    /// this, rounded up. Unset: the replica's slots (`runtime.nBatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1")
+        .message("autoscaling.targetActivePerReplica must be at least 1"))]
+    pub target_active_per_replica: Option<i32>,
+
+    /// How long demand must stay below what the current count needs before replicas are
+    /// removed (scaling up is immediate), as `<n>s`, `<n>m` or `<n>h`. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(s|m|h)$')")
+        .message("autoscaling.scaleDownDelay must be a number followed by s, m or h, e.g. 10m"))]
+    pub scale_down_delay: Option<String>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+impl Autoscaling {
+    /// `scaleDownDelay` as a duration; the default (10 minutes) when unset or unreadable
+    /// (admission refuses unreadable values, so that only happens for objects written before).
+    pub fn scale_down_delay(&self) -> std::time::Duration {
+        const DEFAULT: std::time::Duration = std::time::Duration::from_secs(600);
+        let Some(text) = self.scale_down_delay.as_deref() else { return DEFAULT };
+        let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+        let factor = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return DEFAULT,
+        };
+        digits.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).map_or(DEFAULT, std::time::Duration::from_secs)
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -204,6 +264,34 @@ pub struct ModelDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["board".to_owned()]))]
     pub placements: Vec<PlacementStatus>,
+
+    /// What the autoscaler decided and why, while `spec.autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// The autoscaler's state, kept in status so a new leader continues where the last one was.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// The replica count the controller places now (takes the place of `spec.replicas`).
+    pub desired_replicas: i32,
+    /// Requests queued and in flight at the gateways when last measured.
+    #[serde(default)]
+    pub demand: i64,
+    /// Gateways whose demand was read.
+    #[serde(default)]
+    pub gateways: i32,
+    /// Last time demand needed the current count (RFC 3339); scaling down waits
+    /// `scaleDownDelay` from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_time: Option<String>,
+    /// Last time `desiredReplicas` changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Why the count is what it is, e.g. `demand 3 / 1 per replica`, `idle for 10m: scaled to zero`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The model on one board.

@@ -4,4 +4,5 @@
 
 pub mod cli;
 pub mod controller;
+pub mod demand;
 pub mod gateway;

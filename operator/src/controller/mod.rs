@@ -16,6 +16,8 @@
 //! watch event, so each reconcile is requeued for just after the first lease of its boards
 //! would expire, and at the latest after `resync`.
 
+pub mod autoscale;
+mod autoscale_loop;
 pub mod boards;
 pub mod distribution;
 pub mod error;
@@ -87,6 +89,8 @@ pub struct Config {
     /// Reconcile only the ModelDeployments of this namespace (all namespaces when unset), e.g.
     /// for a test next to other deployments, or one controller per team.
     pub watch_namespace: Option<String>,
+    /// Bearer token for reading the gateways' demand (`demand::PATH`), when they require one.
+    pub cluster_token: Option<String>,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             concurrency: 8,
             metrics_listen: None,
             watch_namespace: None,
+            cluster_token: None,
         }
     }
 }
@@ -260,7 +265,9 @@ async fn lead(client: &Client, config: &Config, metrics: Arc<Metrics>, term: Can
     };
     if ready {
         let controller = Controller::new(mds, watcher::Config::default())
-            .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+            .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+        let md_store = controller.store();
+        let controller = controller
             .reconcile_on(trigger_rx)
             .graceful_shutdown_on(term.clone().cancelled_owned())
             .run(reconcile::reconcile, error_policy, ctx.clone())
@@ -270,7 +277,7 @@ async fn lead(client: &Client, config: &Config, metrics: Arc<Metrics>, term: Can
                 }
             });
         tracing::info!(boards = boards.len(), "leading: reconciling ModelDeployments");
-        tokio::join!(controller, sweep_leases(ctx, term));
+        tokio::join!(controller, sweep_leases(ctx.clone(), term.clone()), autoscale_loop::run(ctx, md_store, term));
     }
     for driver in drivers {
         driver.abort();

@@ -36,7 +36,8 @@ use super::{
 pub struct Target {
     /// `<namespace>/<name>`.
     pub key: String,
-    /// spec.replicas (negative values, which admission refuses, count as 0).
+    /// spec.replicas, or the autoscaler's count while spec.autoscaling is set
+    /// (`autoscale::effective_replicas`; negative values, which admission refuses, count as 0).
     pub replicas: usize,
     /// The entry every assigned board should end up with, without `peers`.
     pub entry: BoardModel,
@@ -54,7 +55,7 @@ impl Target {
         let name = md.metadata.name.as_deref().ok_or(Error::MissingField("metadata.name"))?;
         let namespace = md.metadata.namespace.as_deref().ok_or(Error::MissingField("metadata.namespace"))?;
         let spec = &md.spec;
-        let replicas = usize::try_from(spec.replicas).unwrap_or(0);
+        let replicas = usize::try_from(super::autoscale::effective_replicas(md)).unwrap_or(0);
         let entry = BoardModel {
             key: format!("{namespace}/{name}"),
             model: spec.model.clone().unwrap_or_else(|| name.to_owned()),

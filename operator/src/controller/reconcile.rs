@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crds::{Board, BoardModel, ModelDeployment};
+use crds::{Board, BoardModel, ModelDeployment, ModelDeploymentStatus};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::ObjectReference},
     jiff::Timestamp,
@@ -213,7 +213,10 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
         tracing::info!(md = %key, %board, change = if entry.is_some() { "applied" } else { "removed" }, "board entry");
     }
 
-    if md.status.as_ref() != Some(&status) {
+    // status.autoscaling belongs to the autoscaler's field manager: neither compared nor
+    // applied here, so this apply never puts back a value the autoscaler has since replaced.
+    let current = md.status.as_ref().map(|s| ModelDeploymentStatus { autoscaling: None, ..s.clone() });
+    if current.as_ref() != Some(&status) {
         let api: Api<ModelDeployment> =
             Api::namespaced(ctx.client.clone(), md.namespace().as_deref().unwrap_or_default());
         let patch = json!({

@@ -163,6 +163,8 @@ pub fn compute(
         ready_replicas: Some(i32::try_from(ready).unwrap_or(i32::MAX)),
         conditions,
         placements,
+        // The autoscaler's, written under its own field manager (controller/autoscale.rs).
+        autoscaling: None,
     }
 }
 
