@@ -4,7 +4,8 @@
 #   1. controller: board-3 is an RK3576 with 4 GiB; tests/cluster/run.py drives ModelDeployments
 #      through their life and checks boards, stores and the origin's log;
 #   2. gateway: three RK3588 boards that require the cluster token, gateway client keys and a
-#      short gateway queue; tests/cluster/gateway.py routes, fails and overloads through it.
+#      short gateway queue; tests/cluster/gateway.py routes, fails and overloads through it, then
+#      tests/cluster/autoscale.py scales a deployment to zero and back.
 # Each cluster is torn down after its tests and on exit, failure included; logs printed on failure.
 set -euo pipefail
 
@@ -59,3 +60,5 @@ hack/testcluster.sh up --boards 3 >"$WORK/up.out"
 cat "$WORK/up.out"
 KUBECONFIG="$(sed -n 's/^KUBECONFIG=//p' "$WORK/up.out")"
 timeout 1500 python3 tests/cluster/gateway.py "$WORK/up.out"
+log "cluster 2: autoscaling to zero and back"
+timeout 900 "$(hack/pyenv.sh)" tests/cluster/autoscale.py "$WORK/up.out"

@@ -109,7 +109,14 @@ pub fn compute(
             CONDITION_READY,
             true,
             "ScaledToZero",
-            format!("replicas is 0: cached on {} boards, loaded on none", plan.assignments.len()),
+            match md.spec.autoscaling {
+                Some(_) => format!(
+                    "autoscaled to zero (idle for scaleDownDelay): cached on {} boards, loaded on none; \
+                     the next request brings a replica back",
+                    plan.assignments.len()
+                ),
+                None => format!("replicas is 0: cached on {} boards, loaded on none", plan.assignments.len()),
+            },
         )
     } else if ready >= 1 {
         cond(CONDITION_READY, true, "ReplicasReady", ratio.clone())
@@ -153,6 +160,9 @@ pub fn compute(
         },
         match degraded {
             Some((reason, message)) => cond(CONDITION_DEGRADED, true, reason, message),
+            None if want == 0 && md.spec.autoscaling.is_some() => {
+                cond(CONDITION_DEGRADED, false, "ScaledToZero", "autoscaled to zero".to_owned())
+            }
             None if want == 0 => cond(CONDITION_DEGRADED, false, "ScaledToZero", "replicas is 0".to_owned()),
             None => cond(CONDITION_DEGRADED, false, "AsRequested", ratio),
         },
