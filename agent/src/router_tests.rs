@@ -385,6 +385,29 @@ async fn unconstrained_json_is_checked_and_retried_once() {
 }
 
 #[tokio::test]
+async fn json_cut_at_max_tokens_is_passed_on_with_finish_reason_length() {
+    // Found by schemathesis on the gateway (make soak): an 8-token cap cut the JSON, the check
+    // failed twice and the client got a 500 for its own limit.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let mut engine = MockEngine::scripted(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        vec!["{\"a\": ".into(), "\"long".into(), " text\"}".into()]
+    });
+    engine.constrains = false;
+    let h = harness(engine);
+    let mut req = chat(false);
+    req["response_format"] = json!({"type": "json_object"});
+    req["max_tokens"] = json!(2);
+    let (s, _, b) = call(&h.router, post("/v1/chat/completions", &req)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{b}");
+    assert_eq!(v["choices"][0]["message"]["content"], "{\"a\": \"long", "{b}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "no retry: it would be cut as well");
+}
+
+#[tokio::test]
 async fn a_full_queue_is_refused_and_a_client_that_leaves_frees_its_slot() {
     let mut engine = MockEngine::replying(&["a"; 2000]);
     engine.per_token = Duration::from_millis(20);

@@ -249,7 +249,17 @@ impl Running {
                 }
             }
             let Some(end) = end else { return };
-            if !matches!(end, Output::Done { .. }) {
+            // An answer cut at max_tokens is passed on as it is, with finish_reason "length",
+            // as OpenAI does: its JSON may be incomplete, and a retry within the same budget
+            // would be cut too, so failing it would blame the model for the client's limit.
+            let cut = matches!(end, Output::Done { reason: FinishReason::Length, .. });
+            if !matches!(end, Output::Done { .. }) || cut {
+                if cut {
+                    if !reasoning.is_empty() {
+                        self.ready.push_back(Output::Reasoning(reasoning));
+                    }
+                    self.ready.push_back(Output::Text(text));
+                }
                 self.ready.push_back(end);
                 return;
             }
