@@ -29,6 +29,11 @@ pub(crate) struct SimEnv {
     pub batch_factor: f64,
     /// `RKLLM_SIM_DOMAIN_MB`: NPU memory budget of each `base_domain_id`.
     pub domain_mb: f64,
+    /// `RKLLM_SIM_LOAD_MB_S`: how fast `rkllm_init` reads a model, MB/s; `rkllm_init` takes
+    /// `memory_mb / load_mb_s` seconds (÷ speed-up). 0 (the default) loads at once, which keeps
+    /// the test suites fast. The vendor publishes no load time for `.rkllm` files, so a caller
+    /// that wants one picks the speed (e.g. the board's storage read speed) and says so.
+    pub load_mb_s: f64,
     /// `RKLLM_SIM_PLATFORM`: the chip the sim pretends to be.
     pub platform: String,
     /// `RKLLM_SIM_TRACE`: file that receives one line per API event.
@@ -45,6 +50,7 @@ impl Default for SimEnv {
             decode_tok_s: None,
             batch_factor: DEFAULT_BATCH_FACTOR,
             domain_mb: DEFAULT_DOMAIN_MB,
+            load_mb_s: 0.0,
             platform: "RK3588".to_owned(),
             trace: None,
             log_level: 0,
@@ -64,6 +70,16 @@ pub(crate) fn set_thread_override(env: Option<SimEnv>) {
 }
 
 impl SimEnv {
+    /// How long `rkllm_init` takes to read a model of `memory_mb` MB: zero when
+    /// `RKLLM_SIM_LOAD_MB_S` is 0 (unset), else `memory_mb / load_mb_s` seconds ÷ speed-up.
+    pub(crate) fn load_time(&self, memory_mb: f64) -> std::time::Duration {
+        if self.load_mb_s <= 0.0 || !self.load_mb_s.is_finite() {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::try_from_secs_f64(memory_mb.max(0.0) / self.load_mb_s / self.speedup)
+            .unwrap_or(std::time::Duration::ZERO)
+    }
+
     /// The current configuration: the test override if one is set, else the environment.
     /// Unparsable values fall back to the default (with a warning) rather than failing init,
     /// because a sim that refuses to start hides the bug the test was written for.
@@ -80,6 +96,7 @@ impl SimEnv {
             decode_tok_s: parse::<f64>("RKLLM_SIM_DECODE_TOK_S").filter(|v| *v > 0.0),
             batch_factor: parse::<f64>("RKLLM_SIM_BATCH_FACTOR").filter(|v| *v >= 0.0).unwrap_or(d.batch_factor),
             domain_mb: parse::<f64>("RKLLM_SIM_DOMAIN_MB").filter(|v| *v >= 0.0).unwrap_or(d.domain_mb),
+            load_mb_s: parse::<f64>("RKLLM_SIM_LOAD_MB_S").filter(|v| *v >= 0.0).unwrap_or(d.load_mb_s),
             platform: std::env::var("RKLLM_SIM_PLATFORM").ok().filter(|p| !p.is_empty()).unwrap_or(d.platform),
             trace: std::env::var_os("RKLLM_SIM_TRACE").filter(|p| !p.is_empty()).map(PathBuf::from),
             log_level: parse("RKLLM_LOG_LEVEL").unwrap_or(d.log_level),

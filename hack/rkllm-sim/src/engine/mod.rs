@@ -198,6 +198,13 @@ pub(crate) fn init(cfg: InitConfig, env: SimEnv) -> Option<LLMHandle> {
         crate::log::raw(&format!("E RKNN: failed to malloc npu memory, size: {bytes}, flags: 0x0"));
         return fail("npu_memory", None);
     };
+    // Reading the weights into NPU memory (`RKLLM_SIM_LOAD_MB_S`; instant by default). The
+    // memory is reserved first, so a load that cannot fit fails at once, as it should.
+    let load = env.load_time(model.memory_mb);
+    if !load.is_zero() {
+        trace.event(&format!("load model={} mb={} ms={}", model.name, model.memory_mb, load.as_millis()));
+        std::thread::sleep(load);
+    }
     let cpus = enabled_cpus(cfg.cpus_mask, cfg.cpus_num);
     log::info(&format!("Enabled cpus: [{}]", cpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")));
     log::info(&format!("Enabled cpus num: {}", cpus.len()));

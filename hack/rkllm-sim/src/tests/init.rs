@@ -116,3 +116,30 @@ fn domain_memory_is_exhausted_and_freed_on_destroy() {
     assert!(t.contains("domain=7001"), "{t}");
     assert!(t.contains("destroy handle="), "{t}");
 }
+
+#[test]
+fn load_speed_knob_makes_init_take_memory_over_speed() {
+    // Qwen2 is 669.56 MB: at 669.56 MB/s it loads in 1 s, ÷ speed-up 4 = 250 ms.
+    let model_mb = 669.56;
+    let env = SimEnv { speedup: 4.0, load_mb_s: model_mb, ..fast_env("load_speed") };
+    let expected = std::time::Duration::from_millis(250);
+    assert_eq!(env.load_time(model_mb), expected);
+    let t0 = std::time::Instant::now();
+    let sim = init(&model("Qwen2"), env, |_| {}).expect("init");
+    let took = t0.elapsed();
+    assert!(took >= expected, "init took {took:?}, expected at least {expected:?}");
+    assert!(sim.trace().contains("load model=Qwen2-0.5B-sim mb=669.56 ms=250"), "{}", sim.trace());
+    drop(sim);
+    // The default (0) loads at once and traces no load.
+    let instant = fast_env("load_instant");
+    assert_eq!(instant.load_time(model_mb), std::time::Duration::ZERO);
+    let t0 = std::time::Instant::now();
+    let sim = init(&model("Qwen2"), instant, |_| {}).expect("init");
+    assert!(t0.elapsed() < expected, "an instant load took {:?}", t0.elapsed());
+    assert!(!sim.trace().contains("load model="), "{}", sim.trace());
+    // A load that cannot fit its domain fails at once instead of reading first.
+    let full = SimEnv { domain_mb: 100.0, speedup: 4.0, load_mb_s: model_mb, ..fast_env("load_full") };
+    let t0 = std::time::Instant::now();
+    assert!(init(&model("Qwen2"), full, |p| p.extend_param.base_domain_id = 7010).is_err());
+    assert!(t0.elapsed() < expected, "a failed load took {:?}", t0.elapsed());
+}
