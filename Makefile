@@ -23,7 +23,7 @@ include hack/rkllm-sim/sim.mk
 # make image COMPONENT=agent|operator ARCH=amd64|arm64, test-compose, test-image: the container images.
 include hack/image/image.mk
 
-.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help test-node node node-down
+.PHONY: run build deps models fmt lint test test-rust check-openapi generate-openapi test-compat fuzz test-cluster help test-node node node-down test-ui
 
 help:
 	@sed -n '2,5p' Makefile
@@ -108,6 +108,12 @@ test-cluster: deps
 	$(call step,cluster: ModelDeployments placed, distributed board to board, rolled, drained, deleted)
 	hack/test-cluster.sh
 
+# The status page in headless Chromium: one agent's page, then the gateway's over 3 simulated boards
+# (UI_SCREENSHOT=docs/status-page.png also refreshes the docs' screenshot).
+test-ui: deps
+	$(call step,status page: headless Chromium on an agent and on a 3-board cluster's gateway)
+	hack/test-ui.sh
+
 # The node tier: a real kubelet node (containerd, CNI bridge, kube-proxy) on the test control plane,
 # a DaemonSet pod reached through its ClusterIP, logs, exec and in-cluster API access, then teardown
 # that restores the host. Needs root. docs/development.md, "The node tier".
@@ -125,5 +131,5 @@ node-down:
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-bench-plots test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-image test-node
+test: lint check-openapi check-crds test-bench-plots test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-ui test-image test-node
 	$(call step,all tests passed)

@@ -219,6 +219,7 @@ impl Agent {
             runtime,
             cluster_token,
             vllm: Arc::default(),
+            cluster_view: Arc::default(),
         };
         Ok(Self {
             config,
@@ -301,6 +302,11 @@ impl Agent {
             runtime: self.state.runtime.clone(),
         };
         let states = Arc::new(ModelStates::default());
+        let _ = self.state.cluster_view.set(crate::overview::ClusterParts {
+            board: cfg.node_name.clone(),
+            endpoint: cfg.advertise_url.clone(),
+            states: Arc::clone(&states),
+        });
         let writer = BoardWriter::new(client.clone(), cfg.clone(), parts.clone(), Arc::clone(&states));
         let reconciler = Reconciler::new(parts, states, cfg.store_budget);
         let w = Arc::clone(&writer);

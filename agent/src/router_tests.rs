@@ -523,3 +523,45 @@ async fn run_time_entries_survive_rescans_and_can_be_removed() {
     assert!(h.agent.registry.lookup("assigned").is_none());
     assert!(!h.agent.registry.remove("assigned"), "already gone");
 }
+
+/// `GET /`: Ollama's text unless a browser asks for HTML, then the status page, with no key;
+/// the page's data (`/overview`) needs a key where the API does, and shows the resident model.
+#[tokio::test]
+async fn the_status_page_and_its_data() {
+    let h = harness_with(MockEngine::default(), |c| {
+        let f = c.models.models_dir.join("keys");
+        std::fs::write(&f, "k1\n").unwrap();
+        c.api_key_file = Some(f);
+    });
+    let get = |accept: Option<&str>| {
+        let mut r = Request::get("/");
+        if let Some(a) = accept {
+            r = r.header(header::ACCEPT, a);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    for accept in [None, Some("*/*")] {
+        let (s, _, b) = call(&h.router, get(accept)).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "Ollama is running"), "{accept:?}");
+    }
+    let (s, headers, b) = call(&h.router, get(Some("text/html,*/*;q=0.8"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(b.contains("<title>RockchipLlama status</title>"));
+
+    assert_eq!(call(&h.router, get_as("/overview", None)).await.0, StatusCode::UNAUTHORIZED);
+    let mut chat_req = post("/v1/chat/completions", &chat(false));
+    chat_req.headers_mut().insert(header::AUTHORIZATION, "Bearer k1".parse().unwrap());
+    assert_eq!(call(&h.router, chat_req).await.0, StatusCode::OK);
+    let (s, _, b) = call(&h.router, get_as("/overview", Some("k1"))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let o: api_types::overview::Overview = serde_json::from_str(&b).unwrap();
+    assert_eq!(o.source, api_types::overview::OverviewSource::Agent);
+    assert!(o.deployments.is_empty() && o.events.is_empty());
+    let [board] = o.boards.as_slice() else { panic!("one board: {b}") };
+    assert!(board.live);
+    let m = board.models.iter().find(|m| m.name == MODEL).expect("the resident model");
+    assert_eq!((m.phase.as_str(), m.loaded, m.slots), ("Ready", true, 1));
+    assert!(m.generated_tokens > 0, "its token total: {b}");
+    assert_eq!(board.generated_tokens, Some(m.generated_tokens));
+}

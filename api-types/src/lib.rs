@@ -1,7 +1,7 @@
 //! The HTTP API shapes the node agent and the gateway share, with no engine behind them: what
 //! OpenAI and Ollama clients send (typed requests with their OpenAPI schemas), the two error
-//! shapes and the JSON extractors that produce them, API-key checks, request ids, and the log
-//! flags both binaries take.
+//! shapes and the JSON extractors that produce them, API-key checks, request ids, the log
+//! flags both binaries take, and the status page both serve at `GET /` ([`overview`]).
 //!
 //! ```text
 //!   client ──► request_id::layer ──► auth::require_key ──► OpenAiJson<T> | OllamaJson<T> ──► handler
@@ -20,6 +20,7 @@ pub mod extract;
 pub mod log;
 pub mod ollama;
 pub mod openai;
+pub mod overview;
 pub mod request_id;
 pub mod schema;
 

@@ -8,6 +8,9 @@
 //!  /healthz /readyz /metrics / ┘  (no auth for health and GET|HEAD /)
 //! ```
 //!
+//! `GET /` answers Ollama's probe text, or the status page to a browser (`Accept: text/html`);
+//! the page's data (`/overview`) needs a key wherever the API does.
+//!
 //! Auth accepts the client keys (`--api-key-file`) and the cluster token, which the cluster
 //! gateway sends on every request it proxies; with neither keys nor `--require-cluster-token`
 //! the API is open. Blob routes check the cluster token themselves.
@@ -106,6 +109,8 @@ pub struct AppState {
     pub cluster_token: Option<Arc<ApiKeys>>,
     /// Queue gauges under vLLM's names, for routers and autoscalers built for vLLM.
     pub vllm: Arc<crate::metrics::VllmGauges>,
+    /// Cluster mode's Board name, endpoint and model states, for `/overview`; unset alone.
+    pub cluster_view: crate::overview::ClusterView,
 }
 
 #[derive(OpenApi)]
@@ -138,6 +143,7 @@ pub struct AppState {
         ops::status,
         ops::load,
         ops::root,
+        ops::overview,
     ),
     components(schemas(
         api_types::openai::ChatCompletionRequest,
@@ -187,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/v1/status", get(ops::status))
         .route("/internal/v1/load", get(ops::load))
         .route("/internal/v1/blobs/{name}", get(blobs::blob).head(blobs::blob))
+        .route(api_types::overview::OVERVIEW_PATH, get(ops::overview))
         .route("/openapi.json", get(ops::openapi))
         .route("/", get(ops::root).head(ops::root))
         .fallback(not_found)
@@ -246,6 +253,7 @@ mod doc_tests {
             "/api/pull",
             "/healthz",
             "/internal/v1/load",
+            "/overview",
         ] {
             assert!(doc.contains(&format!("\"{p}\"")), "{p} missing");
         }

@@ -1,11 +1,11 @@
-//! Operational routes: health, readiness, metrics, status, load, the OpenAPI document, and
-//! Ollama's `GET /`.
+//! Operational routes: health, readiness, metrics, status, load, the OpenAPI document, the status
+//! page's data, and `GET /` (Ollama's probe, or the status page for browsers).
 
 use axum::{
     Json,
     extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 
 use serde::Serialize;
@@ -94,8 +94,20 @@ pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], super::openapi_json())
 }
 
-/// Ollama clients probe `GET /` (and `HEAD /`) for this exact text.
-#[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, description = "Ollama is running")))]
-pub async fn root() -> &'static str {
-    "Ollama is running"
+/// Ollama clients probe `GET /` (and `HEAD /`) for `Ollama is running`; a browser (`Accept:
+/// text/html`) gets the status page instead.
+#[utoipa::path(get, path = "/", tag = "ops", responses(
+    (status = 200, description = "`Ollama is running` (text/plain), or the status page for `Accept: text/html`",
+     content(("text/plain"), ("text/html")))))]
+pub async fn root(headers: HeaderMap) -> Response {
+    api_types::overview::root(&headers)
+}
+
+/// This board as the status page shows it: telemetry, clocks, resident (and in cluster mode
+/// assigned) models with their queues and token totals. Needs a key where the API does.
+#[utoipa::path(get, path = "/overview", tag = "ops",
+    responses((status = 200, description = "This board, in the status page's shape", body = api_types::overview::Overview),
+              (status = 401, description = "Keys are configured and none was given")))]
+pub async fn overview(State(st): State<AppState>) -> Json<api_types::overview::Overview> {
+    Json(crate::overview::build(&st))
 }

@@ -30,6 +30,8 @@ use crate::{
 #[derive(Default)]
 pub struct ModelStates {
     inner: Mutex<BTreeMap<String, BoardModelStatus>>,
+    /// The name each key is served under (for the status page; the Board status has keys only).
+    names: Mutex<BTreeMap<String, String>>,
     /// Fired on every change; the Board writer coalesces them.
     pub changed: Notify,
 }
@@ -60,6 +62,7 @@ impl ModelStates {
     }
 
     fn remove(&self, key: &str) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         if self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(key).is_some() {
             self.changed.notify_one();
         }
@@ -68,6 +71,15 @@ impl ModelStates {
     /// Every model's state, by key.
     pub fn snapshot(&self) -> Vec<BoardModelStatus> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    fn set_name(&self, key: &str, model: &str) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), model.to_owned());
+    }
+
+    /// The name the model of `key` is served under, once its worker started.
+    pub fn name_of(&self, key: &str) -> Option<String> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 }
 
@@ -143,6 +155,7 @@ impl Reconciler {
                     continue;
                 }
                 let token = cancel.child_token();
+                self.states.set_name(&m.key, &m.model);
                 workers.insert(
                     m.key.clone(),
                     Worker { signature: signature(m), model: m.model.clone(), cancel: token.clone() },

@@ -101,6 +101,11 @@ impl Service {
         &self.sched
     }
 
+    /// Token counts and latencies per model (the status page reads the token totals).
+    pub fn metrics(&self) -> &GenMetrics {
+        &self.metrics
+    }
+
     /// Looks a model up by any of its names; an empty name means the default model.
     pub fn find(&self, name: &str) -> Result<Arc<ModelEntry>, ServeError> {
         let name = match (name.trim(), &self.default_model) {

@@ -5,7 +5,10 @@
 //!  /api/chat /api/generate /api/embed /api/show            ─┘
 //!  /v1/models /v1/models/{model} /api/tags /api/ps          aggregated over the table / boards
 //!  /api/version / /healthz /readyz /metrics /openapi.json  the gateway's own
+//!  /overview                                                the status page's data (overview.rs)
 //! ```
+//!
+//! `GET /` is Ollama's probe (`Ollama is running`) or, for `Accept: text/html`, the status page.
 //!
 //! Errors answer in the shape of the API the path belongs to (`/api/*` Ollama, else OpenAI).
 
@@ -20,7 +23,7 @@ use axum::{
     Extension, Json, Router,
     body::to_bytes,
     extract::{DefaultBodyLimit, Path, Request, State},
-    http::header,
+    http::{HeaderMap, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -57,6 +60,7 @@ use super::{Error, Gateway, auth::Grant, proxy, table::normalise};
         readyz,
         metrics,
         root,
+        overview,
     ),
     components(schemas(
         api_types::openai::ChatCompletionRequest,
@@ -115,6 +119,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(api_types::overview::OVERVIEW_PATH, get(overview))
         .route("/openapi.json", get(openapi))
         .route("/", get(root).head(root))
         .fallback(not_found)
@@ -362,8 +367,23 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
-/// Ollama clients probe `GET /` (and `HEAD /`) for this exact text.
-#[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, description = "Ollama is running")))]
-pub async fn root() -> &'static str {
-    "Ollama is running"
+/// Ollama clients probe `GET /` (and `HEAD /`) for `Ollama is running`; a browser (`Accept:
+/// text/html`) gets the status page instead. Open without a key: the page holds no data.
+#[utoipa::path(get, path = "/", tag = "ops", responses(
+    (status = 200, description = "`Ollama is running` (text/plain), or the status page for `Accept: text/html`",
+     content(("text/plain"), ("text/html")))))]
+pub async fn root(headers: HeaderMap) -> Response {
+    api_types::overview::root(&headers)
+}
+
+/// Every board, ModelDeployment and recent event, as the status page shows them. Needs a key
+/// when keys are configured; a key limited to some models sees only those models.
+#[utoipa::path(get, path = "/overview", tag = "ops",
+    responses((status = 200, description = "The cluster, in the status page's shape", body = api_types::overview::Overview),
+              (status = 401, description = "Keys are configured and none was given")))]
+pub async fn overview(
+    State(gw): State<Arc<Gateway>>,
+    Extension(grant): Extension<Grant>,
+) -> Json<api_types::overview::Overview> {
+    Json(super::overview::build(&gw, &grant).await)
 }

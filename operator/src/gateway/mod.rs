@@ -8,14 +8,17 @@
 //!  client ─► http (auth, request id) ─► proxy ─► dispatch (policy, queue) ─► board ─► stream back
 //! ```
 //!
-//! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`], [`queue`]. I/O: [`view`] (watches),
-//! [`poll`], [`proxy`], [`http`], [`workers`] (the serving threads).
+//! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`], [`queue`], [`events`]. I/O: [`view`]
+//! (watches), [`poll`], [`proxy`], [`http`], [`workers`] (the serving threads), [`overview`] (the
+//! status page's data).
 
 pub mod auth;
 pub mod dispatch;
+pub mod events;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod overview;
 pub mod policy;
 pub mod poll;
 pub mod prefix;
@@ -121,6 +124,8 @@ pub struct Gateway {
     rng: Mutex<u64>,
     /// True once the watches have listed everything (the table is real, not empty by default).
     synced: AtomicBool,
+    /// What the status page shows beyond the table: the reflectors' snapshot, recent events.
+    pub status: overview::StatusState,
 }
 
 impl Gateway {
@@ -136,6 +141,7 @@ impl Gateway {
             turns: Mutex::default(),
             rng: Mutex::new(RandomState::new().hash_one(0u8) | 1),
             synced: AtomicBool::new(false),
+            status: overview::StatusState::default(),
         }))
     }
 
@@ -166,6 +172,11 @@ impl Gateway {
     /// The queue of one route.
     pub fn queue(&self, route_key: &str) -> Arc<Queue> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner).entry(route_key.to_owned()).or_default().clone()
+    }
+
+    /// Requests waiting for a board of one route now.
+    pub fn queued(&self, route_key: &str) -> usize {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).get(route_key).map_or(0, |q| q.len())
     }
 
     /// Wakes the requests waiting for a board of one route.

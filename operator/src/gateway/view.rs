@@ -134,8 +134,11 @@ fn rebuild(
     let boards = boards.state();
     let views: Vec<BoardView<'_>> =
         boards.iter().map(|b| BoardView { board: b, lease_fresh: fresh(&b.name_any()) }).collect();
-    let deployments: Vec<ModelDeployment> = mds.state().iter().map(|m| (**m).clone()).collect();
+    let md_state = mds.state();
+    let deployments: Vec<ModelDeployment> = md_state.iter().map(|m| (**m).clone()).collect();
     let table = table::build(&deployments, &views);
+    let ejected = super::overview::ejected(gw);
+    gw.status.observe(boards.iter().zip(&views).map(|(b, v)| (b.clone(), v.lease_fresh)).collect(), md_state, &ejected);
     let clashes = table.clashes.clone();
     let live: std::collections::HashSet<String> =
         table.routes.values().flat_map(|r| r.replicas.iter().map(|x| x.board.clone())).collect();
