@@ -95,6 +95,11 @@ pub struct GatewayOnlyArgs {
     #[arg(long, env = "ROCKCHIP_LLAMA_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// Name of this replica in its demand Lease (a random suffix is added). Default: the
+    /// hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
@@ -154,6 +159,24 @@ pub struct GatewayArgs {
     /// socket (SO_REUSEPORT) and connections to the boards; 0: one per CPU.
     #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_WORKERS", default_value_t = 0)]
     pub gateway_workers: usize,
+
+    /// Longest hold of a request for an autoscaled ModelDeployment with no Ready replica
+    /// (scaled to zero, or starting), then 503 saying it is starting (e.g. 120s, 3m).
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_SCALE_FROM_ZERO_TIMEOUT", default_value = "120s",
+          value_parser = parse_duration)]
+    pub scale_from_zero_timeout: std::time::Duration,
+
+    /// How often a held streaming request gets keep-alive bytes (an SSE comment, an empty
+    /// Ollama chunk) until the board's first byte.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_STREAM_KEEPALIVE_INTERVAL", default_value = "5s",
+          value_parser = parse_duration)]
+    pub stream_keepalive_interval: std::time::Duration,
+
+    /// Base URL at which the leader reads this replica's demand counters (announced in its
+    /// Lease). Default: `http://<listen ip>:<port>` when the listen address names one IP, else
+    /// `http://$POD_IP:<port>`, else the host name.
+    #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_ADVERTISE_URL")]
+    pub gateway_advertise_url: Option<String>,
 }
 
 /// `250ms`, `30s`, `2m` (a bare number is seconds).
@@ -175,7 +198,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 impl GatewayArgs {
     /// The gateway's configuration; reads the key and token files.
-    pub fn config(self, lease_namespace: &str, watch_namespace: Option<String>) -> anyhow::Result<gateway::Config> {
+    pub fn config(
+        self,
+        lease_namespace: &str,
+        watch_namespace: Option<String>,
+        identity: String,
+    ) -> anyhow::Result<gateway::Config> {
         let Self {
             gateway_listen,
             api_key_file,
@@ -189,6 +217,9 @@ impl GatewayArgs {
             eject_after,
             poll_interval,
             gateway_workers,
+            scale_from_zero_timeout,
+            stream_keepalive_interval,
+            gateway_advertise_url,
         } = self;
         let mut c = gateway::Config::new(gateway_listen, lease_namespace);
         c.watch_namespace = watch_namespace;
@@ -219,6 +250,11 @@ impl GatewayArgs {
         c.eject_after = eject_after;
         c.poll_interval = poll_interval;
         c.workers = gateway_workers;
+        c.scale_from_zero_timeout = scale_from_zero_timeout;
+        anyhow::ensure!(!stream_keepalive_interval.is_zero(), "--stream-keepalive-interval must be above 0");
+        c.stream_keepalive = stream_keepalive_interval;
+        c.identity = identity;
+        c.advertise_url = gateway_advertise_url.map(|u| u.trim_end_matches('/').to_owned());
         Ok(c)
     }
 }
@@ -266,8 +302,11 @@ impl RunArgs {
     fn run(self) -> anyhow::Result<()> {
         let Self { namespace, identity, fan_out, concurrency, metrics_listen, watch_namespace, no_gateway, gateway } =
             self;
-        let gateway = (!no_gateway).then(|| gateway.config(&namespace, watch_namespace.clone())).transpose()?;
-        let mut config = controller::Config::new(namespace, controller::leader::identity(identity.as_deref()));
+        // One identity for the leader Lease and the gateway's demand Lease.
+        let identity = controller::leader::identity(identity.as_deref());
+        let gateway =
+            (!no_gateway).then(|| gateway.config(&namespace, watch_namespace.clone(), identity.clone())).transpose()?;
+        let mut config = controller::Config::new(namespace, identity);
         config.fan_out = usize::from(fan_out);
         config.concurrency = concurrency;
         config.metrics_listen = metrics_listen;
@@ -295,8 +334,8 @@ impl RunArgs {
 
 impl GatewayOnlyArgs {
     fn run(self) -> anyhow::Result<()> {
-        let Self { namespace, watch_namespace, gateway } = self;
-        let config = gateway.config(&namespace, watch_namespace)?;
+        let Self { namespace, watch_namespace, identity, gateway } = self;
+        let config = gateway.config(&namespace, watch_namespace, controller::leader::identity(identity.as_deref()))?;
         runtime()?.block_on(async move {
             let client = client().await?;
             gateway::run(client, config, stop_on_signal()).await?;

@@ -148,6 +148,7 @@ fn route(model: &str, strategy: RoutingStrategy, replicas: &[(&str, &str)], desi
         strategy,
         prefix_chars: 64,
         desired,
+        autoscaled: false,
         created: 0,
         replicas: replicas
             .iter()

@@ -8,6 +8,13 @@
 //! in the model's queue: bounded in length (`queue_depth`, then 429 at once) and in time
 //! (`queue_timeout`, then 429 with Retry-After), first come first served (`queue.rs`). Each
 //! finished request, board report and table change wakes the first in line.
+//!
+//! A deployment with `spec.autoscaling` and no Ready replica (scaled to zero, or its first
+//! replica still starting) holds its requests in the same queue instead of refusing them: there
+//! they count as waiting demand (`GET /internal/v1/demand`), which is what makes the autoscaler
+//! place a replica; the table change that brings the replica wakes them. After
+//! `scale_from_zero_timeout` they get 503 saying the model is starting. Without autoscaling a
+//! deployment with no Ready replica is refused at once.
 
 use std::{
     sync::Arc,
@@ -37,6 +44,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.gw.loads().board(&self.board).finish(&self.model);
+        self.gw.count_inflight(&self.route_key, false);
         self.gw.wake(&self.route_key);
     }
 }
@@ -145,24 +153,50 @@ pub fn no_replica_message(name: &str, route: &Route) -> String {
     }
 }
 
-/// A board for the request for `name`, waiting in the model's queue until `deadline` if every
-/// board is busy. `tried` are the boards this request already failed on.
+/// The 503 message of a request held for an autoscaled deployment that got no Ready replica in
+/// time.
+pub fn starting_message(name: &str, route: &Route, waited: Duration) -> String {
+    let secs = waited.as_secs_f64();
+    let secs = if secs.fract() == 0.0 { format!("{secs:.0}") } else { format!("{secs:.1}") };
+    format!(
+        "model '{name}' is starting (scaled from zero) and was not Ready within {secs} s; retry shortly \
+         (`kubectl describe modeldeployment -n {}` shows its progress)",
+        route.key.replace('/', " ")
+    )
+}
+
+/// A board for the request for `name` that arrived at `started`, waiting in the model's queue
+/// if every board is busy (until `queue_timeout` after it arrived, or after its deployment's
+/// first replica appeared if it was held for one) or if an autoscaled deployment has no Ready
+/// replica (until `scale_from_zero_timeout` after it arrived). `tried` are the boards this
+/// request already failed on.
 pub async fn acquire(
     gw: &Arc<Gateway>,
     name: &str,
     key: &str,
     tried: &[String],
-    deadline: Instant,
+    started: Instant,
 ) -> Result<Slot, ApiError> {
     let mut waiting: Option<Waiting<'_>> = None;
     // A retry was admitted once: it may take a board ahead of the line, and is not refused for
     // the line's length.
     let retry = !tried.is_empty();
+    let mut deadline = started + gw.config.queue_timeout;
+    let cold_deadline = started + gw.config.scale_from_zero_timeout;
+    let mut held = false;
     loop {
         let table = gw.table();
         let route = table.lookup(name).ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))?;
-        if route.replicas.is_empty() {
+        let cold = route.replicas.is_empty();
+        if cold && !route.autoscaled {
             return Err(ApiError::Unavailable(no_replica_message(name, route)));
+        }
+        if cold {
+            held = true;
+        } else if held {
+            // A replica came: the wait for a free board starts now, not at arrival.
+            held = false;
+            deadline = deadline.max(Instant::now() + gw.config.queue_timeout);
         }
         let queue = gw.queue(&route.key);
         // First come, first served: a newcomer looks only when no one waits, a waiter only
@@ -171,11 +205,12 @@ pub async fn acquire(
             Some(w) => w.ticket.is_first(),
             None => retry || queue.is_empty(),
         };
-        let pick = if may_pick { try_pick(gw, route, key, tried) } else { Pick::Full };
+        let pick = if may_pick && !cold { try_pick(gw, route, key, tried) } else { Pick::Full };
         match pick {
             Pick::Chosen { board, endpoint, reason } => {
                 // Leaving the line wakes the next, who may find room too.
                 drop(waiting);
+                gw.count_inflight(&route.key, true);
                 return Ok(Slot {
                     gw: gw.clone(),
                     route_key: route.key.clone(),
@@ -185,7 +220,7 @@ pub async fn acquire(
                     reason,
                 });
             }
-            Pick::NoBoard if route.replicas.iter().all(|r| tried.contains(&r.board)) => {
+            Pick::NoBoard if !cold && route.replicas.iter().all(|r| tried.contains(&r.board)) => {
                 return Err(ApiError::Unavailable(format!(
                     "every board serving '{name}' failed this request ({})",
                     tried.join(", ")
@@ -196,8 +231,9 @@ pub async fn acquire(
         if waiting.is_none() {
             let depth = queue.len();
             if !retry && depth >= gw.config.queue_depth {
+                let why = if cold { "is starting" } else { "has every board busy" };
                 return Err(ApiError::Overloaded(format!(
-                    "every board serving '{name}' is busy and {depth} requests already wait for one"
+                    "model '{name}' {why} and {depth} requests already wait for it"
                 )));
             }
             gw.metrics.queued(&route.model, 1);
@@ -208,7 +244,11 @@ pub async fn acquire(
             continue;
         }
         let now = Instant::now();
-        if now >= deadline {
+        if cold && now >= cold_deadline {
+            return Err(ApiError::Unavailable(starting_message(name, route, gw.config.scale_from_zero_timeout)));
+        }
+        let until = if cold { cold_deadline } else { deadline };
+        if now >= until {
             return Err(match pick {
                 Pick::NoBoard => ApiError::Unavailable(format!(
                     "no healthy board serves '{name}' now: its boards failed and are being probed"
@@ -220,7 +260,7 @@ pub async fn acquire(
             });
         }
         // Woken by a finished request, a report or a table change; the timer is a backstop.
-        let nap = (deadline - now).min(gw.config.poll_interval.max(Duration::from_millis(50)));
+        let nap = (until - now).min(gw.config.poll_interval.max(Duration::from_millis(50)));
         let ticket = &waiting.as_ref().expect("joined above").ticket;
         tokio::select! {
             () = ticket.woken() => {}

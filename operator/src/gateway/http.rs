@@ -61,6 +61,7 @@ use super::{Error, Gateway, auth::Grant, proxy, table::normalise};
         metrics,
         root,
         overview,
+        super::announce::demand,
     ),
     components(schemas(
         api_types::openai::ChatCompletionRequest,
@@ -82,9 +83,10 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// Paths open without a key: probes and Ollama's `GET /` liveness check.
+/// Paths open without a key: probes, Ollama's `GET /` liveness check, and the demand counters
+/// (the leader reads them with the cluster token, checked there).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/")
+    matches!(path, "/healthz" | "/readyz" | "/") || path == crate::demand::PATH
 }
 
 /// Checks the client's key (when keys are configured) and hands its grant to the handlers.
@@ -120,6 +122,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(api_types::overview::OVERVIEW_PATH, get(overview))
+        .route(crate::demand::PATH, get(super::announce::demand))
         .route("/openapi.json", get(openapi))
         .route("/", get(root).head(root))
         .fallback(not_found)

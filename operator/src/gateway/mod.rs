@@ -10,11 +10,15 @@
 //!
 //! Pure parts: [`table`], [`policy`], [`prefix`], [`load`], [`auth`], [`queue`], [`events`]. I/O: [`view`]
 //! (watches), [`poll`], [`proxy`], [`http`], [`workers`] (the serving threads), [`overview`] (the
-//! status page's data).
+//! status page's data), [`hold`] (requests held for a deployment scaled to zero, keep-alive bytes
+//! for streams), [`announce`] (this replica's demand counters and the Lease that says where they
+//! are).
 
+pub mod announce;
 pub mod auth;
 pub mod dispatch;
 pub mod events;
+pub mod hold;
 pub mod http;
 pub mod load;
 pub mod metrics;
@@ -74,6 +78,15 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Serving threads (`workers.rs`); 0: one per CPU.
     pub workers: usize,
+    /// Longest hold of a request for an autoscaled deployment with no Ready replica.
+    pub scale_from_zero_timeout: Duration,
+    /// How often a held stream gets keep-alive bytes.
+    pub stream_keepalive: Duration,
+    /// This replica's name in its Lease (the controller's leader identity).
+    pub identity: String,
+    /// Base URL the leader reads this replica's demand from; `None`: derived from the listen
+    /// address once bound (`announce::default_url`).
+    pub advertise_url: Option<String>,
 }
 
 impl Config {
@@ -94,6 +107,10 @@ impl Config {
             poll_interval: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
             workers: 0,
+            scale_from_zero_timeout: Duration::from_secs(120),
+            stream_keepalive: Duration::from_secs(5),
+            identity: "gateway".to_owned(),
+            advertise_url: None,
         }
     }
 }
@@ -121,6 +138,8 @@ pub struct Gateway {
     loads: Mutex<Loads>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     turns: Mutex<HashMap<String, u64>>,
+    /// Requests sent to a board and not finished, by route key (the demand endpoint's inflight).
+    inflight: Mutex<HashMap<String, u64>>,
     rng: Mutex<u64>,
     /// True once the watches have listed everything (the table is real, not empty by default).
     synced: AtomicBool,
@@ -139,6 +158,7 @@ impl Gateway {
             loads: Mutex::default(),
             queues: Mutex::default(),
             turns: Mutex::default(),
+            inflight: Mutex::default(),
             rng: Mutex::new(RandomState::new().hash_one(0u8) | 1),
             synced: AtomicBool::new(false),
             status: overview::StatusState::default(),
@@ -155,13 +175,17 @@ impl Gateway {
         self.table.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Installs a new table (from [`view`]); returns whether it differs from the old one.
+    /// Installs a new table (from [`view`]) and wakes every waiting request when it differs from
+    /// the old one; returns whether it did.
     pub fn set_table(&self, table: Table) -> bool {
         let mut current = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if **current == table {
             return false;
         }
         *current = Arc::new(table);
+        drop(current);
+        // A replica may have come for requests held while their deployment had none.
+        self.wake_all();
         true
     }
 
@@ -191,6 +215,38 @@ impl Gateway {
         for q in self.queues.lock().unwrap_or_else(PoisonError::into_inner).values() {
             q.wake();
         }
+    }
+
+    /// Counts a request sent to a board of a route (`up`) or finished there.
+    pub fn count_inflight(&self, route_key: &str, up: bool) {
+        let mut all = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if up {
+            *all.entry(route_key.to_owned()).or_default() += 1;
+        } else if let Some(n) = all.get_mut(route_key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(route_key);
+            }
+        }
+    }
+
+    /// This replica's demand (`GET /internal/v1/demand`): per deployment, the requests in its
+    /// queue (held ones included) and those in flight; deployments with neither left out.
+    pub fn demand(&self) -> crate::demand::Demand {
+        let mut models: std::collections::BTreeMap<String, crate::demand::ModelDemand> =
+            std::collections::BTreeMap::new();
+        for (key, q) in self.queues.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let waiting = q.len() as u64;
+            if waiting > 0 {
+                models.entry(key.clone()).or_default().waiting = waiting;
+            }
+        }
+        for (key, n) in self.inflight.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            if *n > 0 {
+                models.entry(key.clone()).or_default().inflight = *n;
+            }
+        }
+        crate::demand::Demand { models }
     }
 
     /// RoundRobin's counter of one route, advanced per pick.
@@ -232,8 +288,20 @@ fn client_for(config: &Config) -> Result<reqwest::Client, Error> {
 pub async fn run(client: Client, config: Config, stop: CancellationToken) -> Result<(), Error> {
     let count = if config.workers == 0 { workers::default_count() } else { config.workers };
     let listeners = workers::bind(config.listen, count)?;
+    let bound = listeners.first().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen);
+    let url = config.advertise_url.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+        announce::default_url(bound, std::env::var("POD_IP").ok().as_deref(), host.as_deref())
+    });
     let gw = Gateway::new(config)?;
-    tokio::spawn(view::watch(client, gw.clone(), stop.clone()));
+    tokio::spawn(view::watch(client.clone(), gw.clone(), stop.clone()));
     tokio::spawn(poll::run(gw.clone(), stop.clone()));
-    workers::serve(listeners, gw, stop).await
+    // The Lease outlives the listener's stop by the drain: requests still held count until
+    // they end, then the Lease goes.
+    let served = CancellationToken::new();
+    let announced = tokio::spawn(announce::run(client, gw.clone(), url, served.clone()));
+    let result = workers::serve(listeners, gw, stop).await;
+    served.cancel();
+    let _ = announced.await;
+    result
 }

@@ -30,6 +30,7 @@ use super::{
     Gateway,
     auth::Grant,
     dispatch::{self, Slot},
+    hold,
     prefix::{ROUTING_KEY_HEADER, affinity_key},
 };
 
@@ -60,14 +61,14 @@ struct Failed {
     answer: Option<(StatusCode, HeaderMap, Bytes)>,
 }
 
-type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+pub(super) type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
 
 /// The board's status, headers and first chunk, with the rest of the body to stream.
-struct Committed {
-    status: StatusCode,
-    headers: HeaderMap,
-    first: Option<Bytes>,
-    rest: Upstream,
+pub(super) struct Committed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub first: Option<Bytes>,
+    pub rest: Upstream,
 }
 
 fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
@@ -158,45 +159,100 @@ async fn forward_inner(
     let table = gw.table();
     let route = table.lookup(&name).ok_or_else(|| (unknown(), ApiError::ModelNotFound(name.clone())))?;
     let model = route.model.clone();
-    let policy = dispatch::policy_label(route);
     let key = if route.strategy == RoutingStrategy::PrefixAffinity {
         let header = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
         affinity_key(header, &parsed, route.prefix_chars)
     } else {
         String::new()
     };
+    // A stream that must wait for its deployment's first replica answers at once and is kept
+    // alive while held (hold.rs); everything else waits silently here.
+    let held_stream =
+        (route.autoscaled && route.replicas.is_empty()).then(|| hold::stream_kind(path, &parsed)).flatten();
     drop(table);
-    let started = Instant::now();
-    let queue_deadline = started + gw.config.queue_timeout;
+    let job = Job {
+        gw: gw.clone(),
+        path: path.to_owned(),
+        upstream: upstream_headers(gw, headers),
+        body,
+        name,
+        key,
+        model: model.clone(),
+        rid: request_id::current().map(|r| r.to_string()).unwrap_or_default(),
+        started: Instant::now(),
+    };
+    if let Some(kind) = held_stream {
+        return Ok(hold::respond(job, kind));
+    }
+    let started = job.started;
+    match route_request(job).await {
+        Routed::Answer(slot, c) => Ok(commit(gw.clone(), slot, c, started)),
+        Routed::Refused(a) => Ok(passthrough(a)),
+        Routed::Failed(e) => Err((model, e)),
+    }
+}
+
+/// One request to route, owning what it needs (a held stream routes it from its body).
+pub(super) struct Job {
+    pub gw: Arc<Gateway>,
+    pub path: String,
+    /// Headers for the board (`upstream_headers`).
+    pub upstream: HeaderMap,
+    pub body: Bytes,
+    /// The name the client asked for.
+    pub name: String,
+    /// PrefixAffinity's key.
+    pub key: String,
+    /// The route's served name (metrics label).
+    pub model: String,
+    pub rid: String,
+    pub started: Instant,
+}
+
+/// How routing one request ended, before anything of the board's answer reached the client.
+pub(super) enum Routed {
+    /// A board answered: its slot, status, headers and first chunk.
+    Answer(Slot, Committed),
+    /// Every board that could be tried refused; the last one's own answer.
+    Refused((StatusCode, HeaderMap, Bytes)),
+    /// No board answered.
+    Failed(ApiError),
+}
+
+/// Picks a board and sends the request, retrying on other boards until one answers (queueing
+/// and holding in `dispatch::acquire`).
+pub(super) async fn route_request(job: Job) -> Routed {
+    let Job { gw, path, upstream, body, name, key, model, rid, started } = job;
+    let gw = &gw;
+    let policy = gw.table().lookup(&name).map_or("", dispatch::policy_label);
     let retry_deadline = started + gw.config.retry_budget;
     let mut tried: Vec<String> = Vec::new();
     let mut last_answer = None;
     let mut last_failure: Option<String> = None;
     loop {
-        let slot = match dispatch::acquire(gw, &name, &key, &tried, queue_deadline).await {
+        let slot = match dispatch::acquire(gw, &name, &key, &tried, started).await {
             Ok(slot) => slot,
             // No other board to try: the last board's own refusal says more than ours, and a
             // connection failure on every board is the boards' failure (502), not a refusal.
             Err(e) => {
                 return match (last_answer, last_failure) {
-                    (Some(a), _) => Ok(passthrough(a)),
-                    (None, Some(detail)) => Err((model, failed_everywhere(&name, &tried, &detail))),
-                    (None, None) => Err((model, e)),
+                    (Some(a), _) => Routed::Refused(a),
+                    (None, Some(detail)) => Routed::Failed(failed_everywhere(&name, &tried, &detail)),
+                    (None, None) => Routed::Failed(e),
                 };
             }
         };
         let reason = if tried.is_empty() { slot.reason.as_str() } else { "retry" };
         gw.metrics.decision(policy, &model, &slot.board, reason);
-        let rid = request_id::current().map(|r| r.to_string()).unwrap_or_default();
         tracing::debug!(request_id = %rid, model = %model, board = %slot.board, reason, "gateway: routed");
-        match attempt(gw, &slot, path, upstream_headers(gw, headers), body.clone()).await {
+        match attempt(gw, &slot, &path, upstream.clone(), body.clone()).await {
             Ok(c) => {
                 gw.loads().board(&slot.board).on_success();
                 let ttfb = started.elapsed();
                 gw.metrics.first_byte(&model, &slot.board, ttfb.as_secs_f64());
                 tracing::info!(request_id = %rid, model = %model, board = %slot.board, status = c.status.as_u16(),
                                first_byte_ms = ttfb.as_millis() as u64, retries = tried.len(), "gateway: proxied");
-                return Ok(commit(gw.clone(), slot, c, started));
+                return Routed::Answer(slot, c);
             }
             Err(f) => {
                 let board = slot.board.clone();
@@ -219,8 +275,8 @@ async fn forward_inner(
                 let out_of_tries = tried.len() > gw.config.retries as usize || Instant::now() >= retry_deadline;
                 if out_of_tries {
                     return match last_answer {
-                        Some(a) => Ok(passthrough(a)),
-                        None => Err((model, failed_everywhere(&name, &tried, &f.detail))),
+                        Some(a) => Routed::Refused(a),
+                        None => Routed::Failed(failed_everywhere(&name, &tried, &f.detail)),
                     };
                 }
             }
@@ -247,11 +303,9 @@ fn passthrough((status, headers, bytes): (StatusCode, HeaderMap, Bytes)) -> Resp
     resp
 }
 
-fn commit(gw: Arc<Gateway>, slot: Slot, c: Committed, started: Instant) -> Response {
-    let Committed { status, headers, first, rest } = c;
-    gw.metrics.request(&slot.model, &slot.board, status.as_u16());
-    let board = HeaderValue::from_str(&slot.board).ok();
-    let tracked = Tracked {
+/// The board's answer as a stream to the client, holding the slot until it ends.
+pub(super) fn tracked(gw: Arc<Gateway>, slot: Slot, first: Option<Bytes>, rest: Upstream, started: Instant) -> Tracked {
+    Tracked {
         gw,
         slot: Some(slot),
         first,
@@ -262,8 +316,14 @@ fn commit(gw: Arc<Gateway>, slot: Slot, c: Committed, started: Instant) -> Respo
         upstream_done: false,
         pending_error: None,
         held: bytes::BytesMut::new(),
-    };
-    let mut resp = Response::new(Body::from_stream(tracked));
+    }
+}
+
+fn commit(gw: Arc<Gateway>, slot: Slot, c: Committed, started: Instant) -> Response {
+    let Committed { status, headers, first, rest } = c;
+    gw.metrics.request(&slot.model, &slot.board, status.as_u16());
+    let board = HeaderValue::from_str(&slot.board).ok();
+    let mut resp = Response::new(Body::from_stream(tracked(gw, slot, first, rest, started)));
     *resp.status_mut() = status;
     copy_headers(&headers, resp.headers_mut());
     if let Some(b) = board {
@@ -277,7 +337,7 @@ const TAIL: usize = 1024;
 
 /// The answer streaming to the client. Holds the board's slot until the end (or the client's
 /// departure, which drops it).
-struct Tracked {
+pub(super) struct Tracked {
     gw: Arc<Gateway>,
     slot: Option<Slot>,
     first: Option<Bytes>,

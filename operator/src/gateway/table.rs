@@ -28,8 +28,12 @@ pub struct Route {
     pub model: String,
     pub strategy: RoutingStrategy,
     pub prefix_chars: usize,
-    /// Replicas asked for; 0 means scaled to zero on purpose.
+    /// Replicas asked for; 0 means scaled to zero on purpose. With autoscaling: the
+    /// autoscaler's last decision (`status.autoscaling.desiredReplicas`), else `spec.replicas`.
     pub desired: i32,
+    /// `spec.autoscaling` is set: with no Ready replica, requests are held while one starts
+    /// (`dispatch::acquire`) instead of refused.
+    pub autoscaled: bool,
     /// When the deployment was created, Unix seconds (OpenAI's `created` of the model).
     pub created: i64,
     pub replicas: Vec<Replica>,
@@ -95,7 +99,13 @@ pub fn build(deployments: &[ModelDeployment], boards: &[BoardView<'_>]) -> Table
             model: model.to_owned(),
             strategy: md.spec.routing.strategy,
             prefix_chars: usize::try_from(md.spec.routing.prefix_chars).unwrap_or(1).max(1),
-            desired: md.spec.replicas,
+            desired: md
+                .status
+                .as_ref()
+                .and_then(|s| s.autoscaling.as_ref())
+                .filter(|_| md.spec.autoscaling.is_some())
+                .map_or(md.spec.replicas, |a| a.desired_replicas),
+            autoscaled: md.spec.autoscaling.is_some(),
             created: md.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
             replicas,
         };
@@ -184,6 +194,22 @@ mod tests {
         assert_eq!(t.lookup("smollm2:latest").unwrap().key, "ns/smol", ":latest is the bare name");
         assert!(t.lookup("other").is_none());
         assert_eq!(r.desired, 3);
+        assert!(!r.autoscaled);
+    }
+
+    #[test]
+    fn an_autoscaled_deployment_is_marked_and_its_desired_count_is_the_autoscalers() {
+        let mut m = md(
+            "auto",
+            "2026-11-27T00:00:00Z",
+            json!({"model": "auto", "replicas": 2, "autoscaling": {"minReplicas": 0, "maxReplicas": 3}}),
+        );
+        let t = build(std::slice::from_ref(&m), &[]);
+        let r = t.lookup("auto").unwrap();
+        assert!(r.autoscaled && r.replicas.is_empty());
+        assert_eq!(r.desired, 2, "no decision yet: spec.replicas");
+        m.status = Some(serde_json::from_value(json!({"autoscaling": {"desiredReplicas": 0}})).unwrap());
+        assert_eq!(build(&[m], &[]).lookup("auto").unwrap().desired, 0);
     }
 
     #[test]
