@@ -137,6 +137,7 @@ env = {e["name"]: e for e in c["env"]}
 check(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "operator: POD_NAMESPACE")
 check(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "operator: POD_NAME")
 check("ROCKCHIP_LLAMA_CLUSTER_TOKEN_FILE" in env, "operator: cluster token file")
+check(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", "operator: POD_IP (the gateway's demand URL)")
 a = agent["containers"][0]
 check(a["securityContext"].get("privileged") is not True, "agent: not privileged")
 check(a["securityContext"]["capabilities"]["drop"] == ["ALL"], "agent: no capabilities")
@@ -225,6 +226,8 @@ bad "at '/agent/store/existingClaim'" --set agent.store.type=existingClaim
 bad "missing property 'nodeSelector'" --set agent.nodeSelector=null
 bad "at '/devicePlugin/hostPaths/0/path'" --set 'devicePlugin.hostPaths[0].path=/dev'
 bad "at '/operator/gateway/queueTimeout'" --set operator.gateway.queueTimeout=30
+bad "at '/operator/gateway/scaleFromZeroTimeout'" --set operator.gateway.scaleFromZeroTimeout=2h
+bad "at '/operator/gateway/streamKeepaliveInterval'" --set operator.gateway.streamKeepaliveInterval=0s
 
 # --- against the API server ------------------------------------------------------------------------
 log "starting a private control plane"
@@ -304,7 +307,7 @@ can yes "$SA_OPERATOR" update modeldeployments.rockchipllama.io/finalizers model
 for v in get list watch patch; do can yes "$SA_OPERATOR" "$v" boards.rockchipllama.io; done
 can yes "$SA_OPERATOR" patch boards.rockchipllama.io/status
 for v in create patch; do can yes "$SA_OPERATOR" "$v" events.events.k8s.io models; done
-for v in get list watch create update; do can yes "$SA_OPERATOR" "$v" leases.coordination.k8s.io "$NS"; done
+for v in get list watch create update delete; do can yes "$SA_OPERATOR" "$v" leases.coordination.k8s.io "$NS"; done
 can no "$SA_OPERATOR" delete boards.rockchipllama.io
 can no "$SA_OPERATOR" update boards.rockchipllama.io/status
 can no "$SA_OPERATOR" update modeldeployments.rockchipllama.io models
