@@ -109,27 +109,29 @@ pub async fn run(client: Client, gw: Arc<Gateway>, url: String, stop: Cancellati
     let identity = gw.config.identity.clone();
     let name = lease_name(&identity);
     tracing::info!(lease = %name, %url, "gateway: announcing demand counters");
-    let mut ok = true;
+    // Failed renewals in a row.
+    let mut failures = 0u32;
     while !stop.is_cancelled() {
         match tokio::time::timeout(CALL_TIMEOUT, renew(&api, &identity, &url)).await {
             Ok(Ok(())) => {
-                if !ok {
-                    tracing::info!(lease = %name, "gateway: Lease renewed again");
+                if failures > 0 {
+                    tracing::info!(lease = %name, "gateway: demand Lease renewed again");
                 }
-                ok = true;
+                failures = 0;
             }
             Ok(Err(error)) => {
                 tracing::warn!(lease = %name, %error, "gateway: renewing the demand Lease");
-                ok = false;
+                failures += 1;
             }
             Err(_) => {
                 tracing::warn!(lease = %name, "gateway: renewing the demand Lease timed out");
-                ok = false;
+                failures += 1;
             }
         }
         // After a failure (a conflict with a write in between, the API server restarting) the
-        // next try comes sooner, within the Lease's validity.
-        let wait = if ok { RENEW_EVERY } else { RENEW_EVERY / 5 };
+        // next tries come sooner, within the Lease's validity; a lasting one (no RBAC) is
+        // retried at the normal pace rather than logged every 2 s.
+        let wait = if (1..=2).contains(&failures) { RENEW_EVERY / 5 } else { RENEW_EVERY };
         tokio::select! {
             () = stop.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
