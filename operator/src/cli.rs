@@ -196,6 +196,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// The cluster token in `path` (a mounted Secret), trimmed; an empty file is an error.
+fn read_cluster_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = fs::read_to_string(path).with_context(|| format!("reading the cluster token {}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "the cluster token file {} is empty", path.display());
+    Ok(token.to_owned())
+}
+
 impl GatewayArgs {
     /// The gateway's configuration; reads the key and token files.
     pub fn config(
@@ -235,13 +243,7 @@ impl GatewayArgs {
         if api_key_file.is_some() || api_keys.is_some() {
             c.keys = Some(gateway::auth::ClientKeys::parse(&keys_text).context("gateway API keys")?);
         }
-        if let Some(path) = &cluster_token_file {
-            let token =
-                fs::read_to_string(path).with_context(|| format!("reading the cluster token {}", path.display()))?;
-            let token = token.trim();
-            anyhow::ensure!(!token.is_empty(), "the cluster token file {} is empty", path.display());
-            c.cluster_token = Some(token.to_owned());
-        }
+        c.cluster_token = cluster_token_file.as_deref().map(read_cluster_token).transpose()?;
         c.board_queue = board_queue;
         c.queue_depth = queue_depth;
         c.queue_timeout = queue_timeout;
@@ -302,11 +304,14 @@ impl RunArgs {
     fn run(self) -> anyhow::Result<()> {
         let Self { namespace, identity, fan_out, concurrency, metrics_listen, watch_namespace, no_gateway, gateway } =
             self;
+        // The autoscaler reads the other replicas' gateways with the token too, gateway or not.
+        let cluster_token = gateway.cluster_token_file.as_deref().map(read_cluster_token).transpose()?;
         // One identity for the leader Lease and the gateway's demand Lease.
         let identity = controller::leader::identity(identity.as_deref());
         let gateway =
             (!no_gateway).then(|| gateway.config(&namespace, watch_namespace.clone(), identity.clone())).transpose()?;
         let mut config = controller::Config::new(namespace, identity);
+        config.cluster_token = cluster_token;
         config.fan_out = usize::from(fan_out);
         config.concurrency = concurrency;
         config.metrics_listen = metrics_listen;
