@@ -227,6 +227,20 @@ async fn a_dead_board_is_retried_around_and_ejected() {
 }
 
 #[tokio::test]
+async fn a_complete_non_streamed_answer_is_counted_as_done_not_as_a_disconnect() {
+    let (_b, e) = fake_board("b", Mode::Answer).await;
+    let h = start(config(), vec![route("m", RoutingStrategy::RoundRobin, &[("b", &e)], 1)]).await;
+    for _ in 0..3 {
+        let r = h.chat("m").await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body");
+    }
+    let m = h.metrics();
+    assert!(m.contains("rockchip_llama_gateway_request_duration_seconds_count{model=\"m\",board=\"b\"} 3"), "{m}");
+    assert!(!m.contains("rockchip_llama_gateway_client_disconnects_total{"), "{m}");
+}
+
+#[tokio::test]
 async fn a_busy_board_passes_the_request_on_and_the_last_refusal_is_returned() {
     let (a, ea) = fake_board("a", Mode::Busy).await;
     let (b, eb) = fake_board("b", Mode::Answer).await;

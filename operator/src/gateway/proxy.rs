@@ -398,6 +398,12 @@ impl Tracked {
     fn release(&mut self) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         let out = self.held.split().freeze();
         self.keep_tail(&out);
+        if self.upstream_done && self.pending_error.is_none() {
+            // The answer is complete. A server that stops polling once Content-Length bytes are
+            // out (hyper does, for every non-streamed answer) never asks for the end: finish now,
+            // or the request would count as a client that left and its time and tokens be lost.
+            self.finish();
+        }
         Poll::Ready(Some(Ok(out)))
     }
 }
