@@ -1,4 +1,4 @@
-# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu`, `-controller`, `-distribution` and `-gateway`. Included
+# `make bench`: our agent vs llama.cpp's llama-server (issue 2), then `make bench-npu`, `-controller`, `-distribution`, `-gateway` and `-cold-start`. Included
 # from the root Makefile. Not a CI gate; writes docs/bench/README.md + results.json and
 # docs/bench/npu.md + npu.json. Pass bench.py options via BENCH_ARGS, e.g.
 # `make bench BENCH_ARGS="--rounds 2 --models smollm2"`, and npu_bench.py options via BENCH_NPU_ARGS.
@@ -23,17 +23,25 @@
 # (~9 min). Writes docs/bench/gateway.{md,json} and gateway-p5.png, gateway-p6.png; options via
 # BENCH_GATEWAY_ARGS (see hack/bench/gateway_bench.py --help, e.g. "--only p5").
 #
+# `make bench-cold-start` (also run by `make bench`): P9, scale from zero — time from the first
+# request to the first token for an autoscaled ModelDeployment at zero replicas, the file cached on a
+# board vs downloaded first, next to a warm replica; SmolLM2 on the CPU engine and the Qwen3 sim on
+# rkllm-sim at vendor speed with an assumed load speed (250 MB/s, eMMC class), 2 boards (~4 min).
+# Writes docs/bench/cold-start.{md,json,png}; options via BENCH_COLD_START_ARGS (see
+# hack/bench/p9_cold_start.py --help, e.g. "--samples 3 --engines npu").
+#
 # Every report embeds plots drawn with hack/bench/plots.py from its JSON (PNG next to it in
 # docs/bench/); each bench's `--render JSON` (p8: `--replot JSON`) redraws page and plots without
 # measuring. `make test-bench-plots` (part of `make test`, ~40 s) redraws all of them from the
 # committed JSON into a temporary directory and checks the PNGs.
-.PHONY: bench bench-npu bench-controller bench-distribution bench-gateway test-bench-plots
+.PHONY: bench bench-npu bench-controller bench-distribution bench-gateway bench-cold-start test-bench-plots
 bench:
 	hack/bench/run.sh $(BENCH_ARGS)
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
 	$(MAKE) --no-print-directory bench-controller
 	$(MAKE) --no-print-directory bench-distribution
 	$(MAKE) --no-print-directory bench-gateway
+	$(MAKE) --no-print-directory bench-cold-start
 
 bench-npu:
 	hack/bench/npu_run.sh $(BENCH_NPU_ARGS)
@@ -50,6 +58,10 @@ bench-gateway:
 	hack/bench/install-nginx.sh >/dev/null
 	cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator -p rockchip-llama-loadgen
 	py=$$(hack/pyenv.sh) && $$py hack/bench/gateway_bench.py $(BENCH_GATEWAY_ARGS)
+
+bench-cold-start:
+	cargo build --release -p rockchip-llama-agent -p rockchip-llama-operator
+	py=$$(hack/pyenv.sh) && $$py hack/bench/p9_cold_start.py $(BENCH_COLD_START_ARGS)
 
 test-bench-plots:
 	$(call step,bench plots: every docs/bench report redrawn from its committed JSON)

@@ -49,7 +49,10 @@ COLORS = {
     "nginx": "#55a868",
     "LeastLoad": "#4c72b0", "RoundRobin": "#c44e52", "PrefixAffinity": "#8172b3",
     "on": "#55a868", "off": "#c44e52", "cache on": "#55a868", "cache off": "#c44e52", "cached": "#55a868", "blob cached": "#55a868",
-    "not cached": "#c44e52", "blob not cached": "#c44e52",
+    "not cached": "#c44e52", "blob not cached": "#c44e52", "warm": "#4c72b0",
+    # The phases of a cold start (cold-start.png), none green or red so they do not read as cached / not.
+    "autoscaler": "#8172b3", "placement": "#937860", "download": "#ccb974", "load": "#64b5cd",
+    "reported": "#da8bc3", "routed": "#dd8452", "first token": "#8c8c8c",
 }
 PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
            "#ccb974", "#64b5cd"]

@@ -27,6 +27,7 @@ REPORTS = [
     (["p7_distribution.py", "--render"], "distribution.json", "distribution.md", ["distribution.png"]),
     (["p8_controller_scale.py", "--replot"], "controller-scale.json", "controller-scale.md",
      ["controller-scale.png"]),
+    (["p9_cold_start.py", "--render"], "cold-start.json", "cold-start.md", ["cold-start.png"]),
 ]
 
 
