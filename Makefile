@@ -128,8 +128,21 @@ node:
 node-down:
 	@hack/node/node.sh down
 
+# Soak and faults (issue 12 §4) on one test cluster: client disconnects at the boards and through
+# the gateway, 2x capacity, kill -9 of a board, an API server restart, schemathesis on the gateway.
+# test-soak is the short run in make test (<= 4 min warm); soak is the full one (10 minutes of
+# overload, ~20 min in all) and writes docs/bench/reliability.md. hack/soak/soak.sh has the knobs.
+.PHONY: soak test-soak
+test-soak: deps
+	$(call step,soak (short): disconnects; 2x capacity; kill -9 a board; API server restart; gateway fuzz)
+	hack/soak/soak.sh short
+
+soak: deps
+	$(call step,soak (full): the issue numbers; writes docs/bench/reliability.md)
+	hack/soak/soak.sh full --report
+
 # A developer's cluster without a board: `make cluster BOARDS=3` (stop it with make cluster-down).
 BOARDS ?= 0
 
-test: lint check-openapi check-crds test-bench-plots test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-ui test-image test-node
+test: lint check-openapi check-crds test-bench-plots test-compose test-rust test-compat fuzz test-k8s test-chart test-cluster test-soak test-ui test-image test-node
 	$(call step,all tests passed)
