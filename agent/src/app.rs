@@ -302,7 +302,7 @@ impl Agent {
             runtime: self.state.runtime.clone(),
         };
         let states = Arc::new(ModelStates::default());
-        let _ = self.state.cluster_view.set(crate::overview::ClusterParts {
+        let _ = self.state.cluster_view.set(crate::api::overview::ClusterParts {
             board: cfg.node_name.clone(),
             endpoint: cfg.advertise_url.clone(),
             states: Arc::clone(&states),

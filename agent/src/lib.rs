@@ -24,7 +24,6 @@ pub mod metrics;
 pub mod models;
 pub mod node;
 pub mod npu;
-pub mod overview;
 #[cfg(test)]
 mod router_tests;
 pub mod sched;

@@ -21,6 +21,7 @@ pub mod error;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
+pub mod overview;
 pub mod params;
 
 use std::{
@@ -110,7 +111,7 @@ pub struct AppState {
     /// Queue gauges under vLLM's names, for routers and autoscalers built for vLLM.
     pub vllm: Arc<crate::metrics::VllmGauges>,
     /// Cluster mode's Board name, endpoint and model states, for `/overview`; unset alone.
-    pub cluster_view: crate::overview::ClusterView,
+    pub cluster_view: crate::api::overview::ClusterView,
 }
 
 #[derive(OpenApi)]

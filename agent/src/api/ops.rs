@@ -109,5 +109,5 @@ pub async fn root(headers: HeaderMap) -> Response {
     responses((status = 200, description = "This board, in the status page's shape", body = api_types::overview::Overview),
               (status = 401, description = "Keys are configured and none was given")))]
 pub async fn overview(State(st): State<AppState>) -> Json<api_types::overview::Overview> {
-    Json(crate::overview::build(&st))
+    Json(crate::api::overview::build(&st))
 }

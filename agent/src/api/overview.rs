@@ -10,7 +10,8 @@ use api_types::overview::{
 };
 use board::Telemetry;
 
-use crate::{api::AppState, cluster::ModelStates, metrics::model};
+use super::AppState;
+use crate::{cluster::ModelStates, metrics::model};
 
 /// What cluster mode adds: the Board's name and endpoint, and the assigned models' states. Set
 /// once when cluster mode starts.
