@@ -37,7 +37,8 @@ def main() -> None:
               f"{cfg['overload_s']} s of overload, {cfg['fuzz_cases']} fuzz cases. The full soak the issue asks for "
               "(1000 disconnects per path, 10 minutes at 2x capacity, >= 1000 fuzz cases) is "
               "`make soak`; it replaces this page with its own numbers.", ""]
-    L += [f"Run {r['started']}, profile `{prof}`, {r['wall_s']:.0f} s in all; "
+    L += [f"Run {r['started']} at commit {r.get('commit', 'unknown')}, profile `{prof}`, {r['wall_s']:.0f} s for "
+          "the phases (tests/soak/run.py; building, starting and stopping the cluster come on top); "
           f"{'every hard check passed' if not fails else f'{len(fails)} hard check(s) FAILED'}.", "",
           f"Command: `{cmd}`; the raw results: `docs/bench/reliability-{prof}.json`.", "",
           "Set-up (hack/soak/soak.sh): `hack/testcluster.sh up --boards 3` — a real kube-apiserver + etcd on "
@@ -80,8 +81,19 @@ def main() -> None:
           "| process | RSS baseline MiB | RSS end MiB | RSS growth | fds baseline → end | threads baseline → end |",
           "|---|---|---|---|---|---|"]
     for name, row in (o.get("processes") or {}).items():
-        L.append(f"| {name} | {row['rss_base_mib']} | {row['rss_end_mib']} | {row['rss_growth_pct']:+.2f} % | "
+        split = (f" (anon {row['anon_base_mib']} → {row['anon_end_mib']}, file {row['file_base_mib']} → "
+                 f"{row['file_end_mib']})" if "anon_base_mib" in row else "")
+        L.append(f"| {name} | {row['rss_base_mib']} | {row['rss_end_mib']}{split} | {row['rss_growth_pct']:+.2f} % | "
                  f"{row['fds_base']} → {row['fds_end']} | {row['threads_base']} → {row['threads_end']} |")
+    grew = [f"{name} ({row['rss_growth_pct']:+.1f} %)" for name, row in (o.get("processes") or {}).items()
+            if row["rss_growth_pct"] > 2]
+    if grew:
+        L += ["", f"Above 2 %: {', '.join(grew)}. VmRSS counts file-backed pages too — the binary and an mmap'd "
+              "GGUF (smollm2's boards hold ~115 MiB of it) — which the kernel drops and faults back in as other "
+              "work on the machine needs memory, so an idle board's VmRSS can move with the page cache. Where the "
+              "column above gives no anon/file split the run did not record it, and that is the likely reading, "
+              "not a measured one; runs that record RssAnon (heap, stacks: where a leak shows) and RssFile show "
+              "which part grew."]
     L += [""] + checks(ph.get("overload", {})) + [""]
 
     k = ph.get("kill", {}).get("numbers", {})

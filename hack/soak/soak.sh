@@ -7,11 +7,12 @@
 #   hack/soak/soak.sh short            make test-soak (in make test): every check, less of each
 #   hack/soak/soak.sh full [--report]  make soak: the issue's numbers (10 minutes of overload);
 #                                      --report writes docs/bench/reliability.md from the results
-#   hack/soak/soak.sh short --report   the same report from a short run (labelled as such)
+#   hack/soak/soak.sh short --report   the same report from a short run (labelled as such); a full
+#                                      --report run afterwards summarises that short run at its end
 #
 # Environment: SOAK_DISCONNECTS, SOAK_OVERLOAD_S, SOAK_FUZZ_CASES, SOAK_SAMPLE_EVERY,
-# SOAK_WARMUP_S, SOAK_WINDOW_S override the profile (tests/soak/run.py); SOAK_KEEP=1 keeps the
-# results directory. Builds the agent and the operator if needed (release profile).
+# SOAK_WARMUP_S, SOAK_WINDOW_S, SOAK_FUZZ_MAX_EXAMPLES, SOAK_FUZZ_PHASES override the profile
+# (tests/soak/run.py); SOAK_KEEP=1 keeps the results and the cluster's logs. Builds the agent and the operator if needed (release profile).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -54,8 +55,9 @@ cleanup() {
       [[ -f "$f" ]] && { echo "--- last lines of $f"; tail -n 30 "$f"; }
     done
   fi
+  if [[ "${SOAK_KEEP:-0}" == 1 && -d "$TESTCLUSTER_DIR/logs" ]]; then cp -r "$TESTCLUSTER_DIR/logs" "$WORK/logs"; fi
   hack/testcluster.sh down || true
-  if [[ "${SOAK_KEEP:-0}" == 1 ]]; then log "results kept in $WORK"; else rm -rf "$WORK"; fi
+  if [[ "${SOAK_KEEP:-0}" == 1 ]]; then log "results and logs kept in $WORK"; else rm -rf "$WORK"; fi
   if ((rc == 0)); then log "passed in $((SECONDS - START)) s"; else log "FAILED (exit $rc)"; fi
   exit "$rc"
 }
@@ -72,7 +74,10 @@ timeout -k 15 "$BACKSTOP" python3 tests/soak/run.py "$WORK/up.out" "$WORK/result
 if ((REPORT)) && [[ -s "$WORK/results.json" ]]; then
   mkdir -p docs/bench
   cp "$WORK/results.json" "docs/bench/reliability-$PROFILE.json"
-  python3 hack/soak/report.py "docs/bench/reliability-$PROFILE.json" >docs/bench/reliability.md
+  # The full report also summarises the last short run, when one was recorded.
+  short=()
+  [[ "$PROFILE" == full && -f docs/bench/reliability-short.json ]] && short=(docs/bench/reliability-short.json)
+  python3 hack/soak/report.py "docs/bench/reliability-$PROFILE.json" "${short[@]}" >docs/bench/reliability.md
   log "wrote docs/bench/reliability.md and docs/bench/reliability-$PROFILE.json"
 fi
 exit "$rc"

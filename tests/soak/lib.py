@@ -280,7 +280,8 @@ def metrics(url: str, key: str | None = None) -> str:
 
 
 def proc_sample(pid: int) -> dict[str, int] | None:
-    """VmRSS (KiB), Threads and open file descriptors of a process; None once it is gone."""
+    """VmRSS (and its anonymous and file-backed parts, KiB), Threads and open file descriptors of a
+    process; None once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
@@ -291,6 +292,10 @@ def proc_sample(pid: int) -> dict[str, int] | None:
         k, _, v = ln.partition(":")
         if k == "VmRSS":
             out["rss_kib"] = int(v.split()[0])
+        elif k == "RssAnon":  # heap and stacks: where a leak shows
+            out["anon_kib"] = int(v.split()[0])
+        elif k == "RssFile":  # mapped files (the binary, an mmap'd GGUF): move with the page cache
+            out["file_kib"] = int(v.split()[0])
         elif k == "Threads":
             out["threads"] = int(v)
     return out

@@ -271,6 +271,11 @@ def growth(res, samples: list, dur: float, warm: float, win: float) -> None:
                "fds_base": max(x["fds"] for x in b), "fds_end": max(x["fds"] for x in e),
                "threads_base": max(x["threads"] for x in b), "threads_end": max(x["threads"] for x in e),
                "samples": len(samples)}
+        if all("anon_kib" in x for x in b + e):
+            ab, ae = statistics.median(x["anon_kib"] for x in b), statistics.median(x["anon_kib"] for x in e)
+            row |= {"anon_base_mib": round(ab / 1024, 1), "anon_end_mib": round(ae / 1024, 1),
+                    "file_base_mib": round(statistics.median(x["file_kib"] for x in b) / 1024, 1),
+                    "file_end_mib": round(statistics.median(x["file_kib"] for x in e) / 1024, 1)}
         table[name] = row
         res.check("overload", f"{name}: RSS growth <= 5 % over the warmed-up baseline", row["rss_growth_pct"] <= 5,
                   f"{row['rss_base_mib']} -> {row['rss_end_mib']} MiB ({row['rss_growth_pct']:+.2f} %)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,9 @@ class Results:
         self.data: dict = {"profile": profile, "config": cfg, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                            "phases": {}}
         self.hard_failures: list[str] = []
+        git = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=30)
+        self.data["commit"] = git.stdout.strip() or "unknown"
 
     def phase(self, name: str) -> dict:
         return self.data["phases"].setdefault(name, {"checks": [], "numbers": {}})
