@@ -27,15 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway_p5  # noqa: E402
 import gateway_p6  # noqa: E402
 import gateway_report  # noqa: E402
+from testcluster import Stop, TestCluster, environment, wait_until  # noqa: E402
 
 CACHE = Path(os.environ.get("ROCKCHIP_LLAMA_CACHE", Path.home() / ".cache" / "rockchip-llama"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
@@ -52,12 +50,7 @@ NS = "default"
 MD_NAME = "qwen3"
 MODEL = "qwen3-sim"
 MODEL_FILE = "Qwen3-0.6B-sim_w8a8_rk3588.rkllm"
-UP_TIMEOUT_S = 300
 READY_TIMEOUT_S = 180
-
-
-class Stop(Exception):
-    """SIGTERM or SIGHUP: unwind through the finally blocks that stop the cluster."""
 
 
 def log(msg: str) -> None:
@@ -72,65 +65,11 @@ def http_json(method: str, url: str, body=None, headers: dict | None = None, tim
         return r.status, dict(r.headers), r.read()
 
 
-def wait_until(what: str, check, timeout: float, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError, urllib.error.URLError) as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-class Cluster:
-    """One `hack/testcluster.sh up --boards N` in its own directory; `down` on exit."""
+class Cluster(TestCluster):
+    """A private test cluster (testcluster.py) with what P5 and P6 ask of it."""
 
     def __init__(self, work: Path, name: str, boards: int, env: dict[str, str]):
-        self.dir = work / name
-        self.logs = work / f"{name}-logs"
-        self.boards_n = boards
-        self.env = dict(os.environ, TESTCLUSTER_DIR=str(self.dir), **env)
-        self.kubectl = Path(subprocess.run([ROOT / "hack/k8s/bins.sh"], check=True, text=True, capture_output=True,
-                                           timeout=600).stdout.strip()) / "kubectl"
-        self.gateway = self.origin = ""
-        self.origin_dir = Path()
-        self.boards: list[dict] = []
-
-    def __enter__(self) -> "Cluster":
-        extra = {k: v for k, v in self.env.items() if k.startswith(("TESTCLUSTER_", "RKLLM_SIM_"))}
-        log(f"cluster: {' '.join(f'{k}={v!r}' for k, v in sorted(extra.items()))} "
-            f"hack/testcluster.sh up --boards {self.boards_n}")
-        try:
-            out = subprocess.run([ROOT / "hack/testcluster.sh", "up", "--boards", str(self.boards_n)], env=self.env,
-                                 check=True, text=True, stdout=subprocess.PIPE, timeout=UP_TIMEOUT_S).stdout
-        except BaseException:
-            self.down()
-            raise
-        kv = dict(re.findall(r"^([A-Z_]+)=(.*)$", out, re.M))
-        self.env["KUBECONFIG"] = kv["KUBECONFIG"]
-        self.gateway, self.origin, self.origin_dir = kv["GATEWAY"], kv["ORIGIN"], Path(kv["ORIGIN_DIR"])
-        for name, endpoint, pid in re.findall(r"^BOARD (\S+) (\S+) (\d+)$", out, re.M):
-            self.boards.append({"name": name, "endpoint": endpoint, "pid": int(pid)})
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
-    def down(self) -> None:
-        """Keeps the logs next to the cluster's directory (the bench's work directory), then stops it."""
-        log(f"cluster down ({self.dir})")
-        if (self.dir / "logs").is_dir():
-            shutil.copytree(self.dir / "logs", self.logs, dirs_exist_ok=True)
-        try:
-            subprocess.run([ROOT / "hack/testcluster.sh", "down"], env=self.env, timeout=180, check=False,
-                           stdout=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            log(f"hack/testcluster.sh down timed out; run: TESTCLUSTER_DIR={self.dir} hack/testcluster.sh down")
+        super().__init__(work, name, boards, env, log)
 
     def operator_pid(self) -> int:
         for line in (self.dir / "pids").read_text().splitlines():
@@ -192,20 +131,6 @@ def scrape(url: str) -> dict[str, float]:
             except ValueError:
                 pass
     return out
-
-
-def environment() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, text=True, capture_output=True, timeout=10).stdout.strip()
-        except OSError:
-            return "unknown"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": sh("git", "-C", str(ROOT), "describe", "--always", "--dirty"),
-            "cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_before": os.getloadavg()[0]}
 
 
 def main() -> int:

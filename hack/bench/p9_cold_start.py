@@ -38,8 +38,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import statistics
@@ -55,6 +53,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import testcluster  # noqa: E402
+from testcluster import Stop, TestCluster, environment  # noqa: E402
 
 # Assumption, not a measurement: the vendor publishes no load time for .rkllm files. Loading reads
 # the whole file into NPU-visible memory, so the board's storage bounds it; 250 MB/s is the
@@ -64,7 +66,6 @@ VENDOR_LOAD_MB_S = 250.0
 SCALE_DOWN_DELAY = "2s"
 NS = "default"
 BOARDS = 2
-UP_TIMEOUT_S = 300
 WAIT_S = 120
 REQUEST_TIMEOUT_S = 180
 PROMPT = "Say hello in five words."
@@ -89,27 +90,12 @@ PHASES = [
 ]
 
 
-class Stop(Exception):
-    """SIGTERM or SIGHUP: unwind through the finally blocks that stop the cluster."""
-
-
 def log(msg: str) -> None:
     print(f"[cold-start {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def wait_until(what: str, check, timeout: float = WAIT_S, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError, KeyError, urllib.error.URLError, subprocess.SubprocessError) as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    return testcluster.wait_until(what, check, timeout, every)
 
 
 def http_json(url: str, timeout: float = 10):
@@ -120,49 +106,13 @@ def http_json(url: str, timeout: float = 10):
 # === the cluster ===
 
 
-class Cluster:
-    """`hack/testcluster.sh up --boards N` in its own directory; `down` on exit (logs kept)."""
+class Cluster(TestCluster):
+    """The bench's private test cluster (testcluster.py), at the vendor's figures."""
 
     def __init__(self, work: Path, env: dict[str, str]):
-        self.dir = work / "cluster"
-        self.logs = work / "cluster-logs"
-        self.env = dict(os.environ, TESTCLUSTER_DIR=str(self.dir), **env)
+        super().__init__(work, "cluster", BOARDS, env, log)
         for k in ("RKLLM_SIM_PREFILL_MS_PER_TOKEN", "RKLLM_SIM_DECODE_TOK_S", "RKLLM_SIM_BATCH_FACTOR"):
             self.env.pop(k, None)  # vendor figures, not a developer's overrides
-        bins = subprocess.run([ROOT / "hack/k8s/bins.sh"], check=True, text=True, capture_output=True, timeout=600)
-        self.kubectl = str(Path(bins.stdout.strip()) / "kubectl")
-        self.gateway = self.origin = ""
-        self.origin_dir = Path()
-        self.boards: list[str] = []
-
-    def __enter__(self) -> "Cluster":
-        extra = {k: v for k, v in self.env.items() if k.startswith(("TESTCLUSTER_", "RKLLM_SIM_", "ROCKCHIP_LLAMA_LOG"))
-                 and k != "TESTCLUSTER_DIR"}
-        log(f"cluster: {' '.join(f'{k}={v}' for k, v in sorted(extra.items()))} hack/testcluster.sh up --boards {BOARDS}")
-        try:
-            out = subprocess.run([ROOT / "hack/testcluster.sh", "up", "--boards", str(BOARDS)], env=self.env,
-                                 check=True, text=True, stdout=subprocess.PIPE, timeout=UP_TIMEOUT_S).stdout
-        except BaseException:
-            self.down()
-            raise
-        kv = dict(re.findall(r"^([A-Z_]+)=(.*)$", out, re.M))
-        self.env["KUBECONFIG"] = kv["KUBECONFIG"]
-        self.gateway, self.origin, self.origin_dir = kv["GATEWAY"], kv["ORIGIN"], Path(kv["ORIGIN_DIR"])
-        self.boards = re.findall(r"^BOARD (\S+) ", out, re.M)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
-    def down(self) -> None:
-        log(f"cluster down ({self.dir})")
-        if (self.dir / "logs").is_dir():
-            shutil.copytree(self.dir / "logs", self.logs, dirs_exist_ok=True)
-        try:
-            subprocess.run([ROOT / "hack/testcluster.sh", "down"], env=self.env, timeout=180, check=False,
-                           stdout=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            log(f"hack/testcluster.sh down timed out; run: TESTCLUSTER_DIR={self.dir} hack/testcluster.sh down")
 
     def kubectl_run(self, *args: str, stdin: str | None = None) -> str:
         p = subprocess.run([self.kubectl, *args], input=stdin, env=self.env, text=True, capture_output=True, timeout=60)
@@ -197,7 +147,7 @@ class Cluster:
     def agent_log_lines(self) -> list[dict]:
         """Every JSON line the agents have logged, with the board's name."""
         out = []
-        for b in self.boards:
+        for b in (board["name"] for board in self.boards):
             path = self.dir / "logs" / f"{b}.log"
             for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
                 if line.startswith("{"):
@@ -619,20 +569,6 @@ def draw(result: dict, sm: dict, path: Path) -> str | None:
         ax[1].legend(loc="upper left", ncol=3)
     plots.save(fig, path)
     return None
-
-
-def environment() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, text=True, capture_output=True, timeout=10).stdout.strip()
-        except OSError:
-            return "unknown"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": sh("git", "-C", str(ROOT), "describe", "--always", "--dirty"),
-            "cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_before": os.getloadavg()[0]}
 
 
 def main() -> int:
