@@ -6,42 +6,26 @@
 //! and runs them with `--ignored` and `ROCKCHIP_LLAMA_TEST_KUBECONFIG` set. Each test works in
 //! its own namespace or on its own uniquely named Board, so they run in parallel.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use crds::{Board, DesiredState, ModelDeployment, ModelFormat, ModelPhase, RoutingStrategy};
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use kube_runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-/// Env var naming the kubeconfig of the test cluster; a separate name from KUBECONFIG so these
-/// tests never run against a developer's real cluster by accident.
-const KUBECONFIG_ENV: &str = "ROCKCHIP_LLAMA_TEST_KUBECONFIG";
+mod common;
+use common::{client, unique};
+
 /// Field managers, as the operator and an agent will use them.
 const OPERATOR: &str = "rockchip-llama-operator";
 /// Upper bound for any wait on the API server (2 shared CI cores).
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn client() -> anyhow::Result<Client> {
-    let path = std::env::var(KUBECONFIG_ENV).with_context(|| {
-        format!("{KUBECONFIG_ENV} is not set: these tests need the test cluster, run `make test-k8s`")
-    })?;
-    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading {path}"))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-/// A name no other test run uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
 
 async fn create_namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     let name = unique(prefix);

@@ -13,7 +13,7 @@ use std::{
     collections::HashSet,
     future::Future,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -23,34 +23,20 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
-    Api, Client, Config,
+    Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use rockchip_llama_operator::controller::{self, leader};
 use serde_json::{Value, json};
 
-/// Env var naming the kubeconfig of the test cluster (see tests/apiserver.rs).
-const KUBECONFIG_ENV: &str = "ROCKCHIP_LLAMA_TEST_KUBECONFIG";
+mod common;
+use common::{client, unique};
+
 /// Upper bound for each wait on the controller (2 shared CI cores).
 const WAIT: Duration = Duration::from_secs(30);
 /// Field manager of the boards' agents.
 const AGENT: &str = "rockchip-llama-agent";
 const SHA: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-
-async fn client() -> anyhow::Result<Client> {
-    let path = std::env::var(KUBECONFIG_ENV).with_context(|| {
-        format!("{KUBECONFIG_ENV} is not set: these tests need the test cluster, run `make test-k8s`")
-    })?;
-    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading {path}"))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
 
 /// Polls `check` until it yields a value, for at most WAIT.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>

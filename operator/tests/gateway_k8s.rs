@@ -7,18 +7,14 @@
 //! Needs the control plane of `hack/testcluster.sh` with the CRDs installed, so plain `cargo
 //! test` skips it (`#[ignore]`); `make test-k8s` runs it with ROCKCHIP_LLAMA_TEST_KUBECONFIG.
 
-use std::{
-    future::Future,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{future::Future, time::Duration};
 
 use anyhow::{Context, bail};
 use crds::ModelDeployment;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use rockchip_llama_operator::{
     demand::{self, Demand, ModelDemand},
@@ -27,25 +23,12 @@ use rockchip_llama_operator::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// Env var naming the kubeconfig of the test cluster (see tests/apiserver.rs).
-const KUBECONFIG_ENV: &str = "ROCKCHIP_LLAMA_TEST_KUBECONFIG";
+mod common;
+use common::{client, unique};
+
 /// Upper bound for each wait (2 shared CI cores).
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "cluster-token-for-the-test";
-
-async fn client() -> anyhow::Result<Client> {
-    let path = std::env::var(KUBECONFIG_ENV).with_context(|| {
-        format!("{KUBECONFIG_ENV} is not set: these tests need the test cluster, run `make test-k8s`")
-    })?;
-    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading {path}"))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
 
 /// Polls `check` until it yields a value, for at most `within`.
 async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
