@@ -28,8 +28,8 @@ pub struct Route {
     pub model: String,
     pub strategy: RoutingStrategy,
     pub prefix_chars: usize,
-    /// Replicas asked for; 0 means scaled to zero on purpose. With autoscaling: the
-    /// autoscaler's last decision (`status.autoscaling.desiredReplicas`), else `spec.replicas`.
+    /// Replicas the controller places (`controller::autoscale::effective_replicas`: the
+    /// autoscaler's decision with autoscaling, else `spec.replicas`); 0 means scaled to zero.
     pub desired: i32,
     /// `spec.autoscaling` is set: with no Ready replica, requests are held while one starts
     /// (`dispatch::acquire`) instead of refused.
@@ -99,12 +99,7 @@ pub fn build(deployments: &[ModelDeployment], boards: &[BoardView<'_>]) -> Table
             model: model.to_owned(),
             strategy: md.spec.routing.strategy,
             prefix_chars: usize::try_from(md.spec.routing.prefix_chars).unwrap_or(1).max(1),
-            desired: md
-                .status
-                .as_ref()
-                .and_then(|s| s.autoscaling.as_ref())
-                .filter(|_| md.spec.autoscaling.is_some())
-                .map_or(md.spec.replicas, |a| a.desired_replicas),
+            desired: crate::controller::autoscale::effective_replicas(md),
             autoscaled: md.spec.autoscaling.is_some(),
             created: md.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
             replicas,
