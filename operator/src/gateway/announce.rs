@@ -21,7 +21,7 @@ use axum::{
 };
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
 use kube::{
@@ -68,9 +68,35 @@ pub fn default_url(bound: SocketAddr, pod_ip: Option<&str>, host: Option<&str>) 
     format!("http://{host}:{port}")
 }
 
+/// The operator's own Pod as the owner of its Lease, so Kubernetes' garbage collector deletes
+/// the Lease with the Pod even when the Pod cannot (`helm uninstall` may remove its RBAC first).
+/// Only for a Pod in the Lease's namespace (an owner elsewhere counts as gone and would get the
+/// Lease deleted at once); from the downward API's `POD_NAMESPACE`, `POD_NAME` and `POD_UID`.
+pub fn pod_owner(
+    lease_namespace: &str,
+    pod_namespace: Option<&str>,
+    name: Option<&str>,
+    uid: Option<&str>,
+) -> Option<OwnerReference> {
+    let (name, uid) = (name.filter(|n| !n.is_empty())?, uid.filter(|u| !u.is_empty())?);
+    (pod_namespace == Some(lease_namespace)).then(|| OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "Pod".to_owned(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        ..OwnerReference::default()
+    })
+}
+
 /// The Lease as this replica writes it at `now`, keeping what the last write set that a renewal
 /// keeps (resourceVersion, acquireTime).
-pub fn lease(identity: &str, url: &str, now: Timestamp, current: Option<&Lease>) -> Lease {
+pub fn lease(
+    identity: &str,
+    url: &str,
+    owner: Option<&OwnerReference>,
+    now: Timestamp,
+    current: Option<&Lease>,
+) -> Lease {
     let (label, value) = demand::LEASE_LABEL;
     let old = current.and_then(|l| l.spec.as_ref());
     let ours = old.is_some_and(|s| s.holder_identity.as_deref() == Some(identity));
@@ -80,6 +106,7 @@ pub fn lease(identity: &str, url: &str, now: Timestamp, current: Option<&Lease>)
             labels: Some([(label.to_owned(), value.to_owned())].into()),
             annotations: Some([(demand::URL_ANNOTATION.to_owned(), url.to_owned())].into()),
             resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         spec: Some(LeaseSpec {
@@ -93,10 +120,10 @@ pub fn lease(identity: &str, url: &str, now: Timestamp, current: Option<&Lease>)
 }
 
 /// Creates or renews the Lease once.
-async fn renew(api: &Api<Lease>, identity: &str, url: &str) -> Result<(), kube::Error> {
+async fn renew(api: &Api<Lease>, identity: &str, url: &str, owner: Option<&OwnerReference>) -> Result<(), kube::Error> {
     let name = lease_name(identity);
     let current = api.get_opt(&name).await?;
-    let next = lease(identity, url, Timestamp::now(), current.as_ref());
+    let next = lease(identity, url, owner, Timestamp::now(), current.as_ref());
     match current {
         None => api.create(&PostParams::default(), &next).await.map(drop),
         Some(_) => api.replace(&name, &PostParams::default(), &next).await.map(drop),
@@ -108,11 +135,18 @@ pub async fn run(client: Client, gw: Arc<Gateway>, url: String, stop: Cancellati
     let api: Api<Lease> = Api::namespaced(client, &gw.config.lease_namespace);
     let identity = gw.config.identity.clone();
     let name = lease_name(&identity);
+    let env = |k: &str| std::env::var(k).ok();
+    let owner = pod_owner(
+        &gw.config.lease_namespace,
+        env("POD_NAMESPACE").as_deref(),
+        env("POD_NAME").as_deref(),
+        env("POD_UID").as_deref(),
+    );
     tracing::info!(lease = %name, %url, "gateway: announcing demand counters");
     // Failed renewals in a row.
     let mut failures = 0u32;
     while !stop.is_cancelled() {
-        match tokio::time::timeout(CALL_TIMEOUT, renew(&api, &identity, &url)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, renew(&api, &identity, &url, owner.as_ref())).await {
             Ok(Ok(())) => {
                 if failures > 0 {
                     tracing::info!(lease = %name, "gateway: demand Lease renewed again");
@@ -198,17 +232,29 @@ mod tests {
     fn the_lease_names_us_and_keeps_its_acquire_time() {
         let t0: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-11-28T10:00:10Z".parse().unwrap();
-        let first = lease("gw-1", "http://10.0.0.1:11434", t0, None);
+        let first = lease("gw-1", "http://10.0.0.1:11434", None, t0, None);
         assert_eq!(first.metadata.labels.as_ref().unwrap()[demand::LEASE_LABEL.0], demand::LEASE_LABEL.1);
         assert_eq!(first.metadata.annotations.as_ref().unwrap()[demand::URL_ANNOTATION], "http://10.0.0.1:11434");
         let spec = first.spec.as_ref().unwrap();
         assert_eq!((spec.holder_identity.as_deref(), spec.lease_duration_seconds), (Some("gw-1"), Some(30)));
         let mut stored = first.clone();
         stored.metadata.resource_version = Some("42".into());
-        let renewed = lease("gw-1", "http://10.0.0.1:11434", t1, Some(&stored));
+        let renewed = lease("gw-1", "http://10.0.0.1:11434", None, t1, Some(&stored));
         let spec = renewed.spec.as_ref().unwrap();
         assert_eq!(renewed.metadata.resource_version.as_deref(), Some("42"));
         assert_eq!((spec.acquire_time.clone().unwrap().0, spec.renew_time.clone().unwrap().0), (t0, t1));
+    }
+
+    #[test]
+    fn the_pod_owns_its_lease_only_in_the_same_namespace() {
+        let owner = pod_owner("ops", Some("ops"), Some("operator-0"), Some("u-1")).expect("owner");
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("Pod", "operator-0", "u-1"));
+        assert_eq!(owner.block_owner_deletion, None, "no finalizer rights needed on the Pod");
+        let t0: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
+        let l = lease("gw-1", "http://10.0.0.1:11434", Some(&owner), t0, None);
+        assert_eq!(l.metadata.owner_references, Some(vec![owner]));
+        assert_eq!(pod_owner("ops", Some("other"), Some("operator-0"), Some("u-1")), None);
+        assert_eq!(pod_owner("ops", Some("ops"), Some("operator-0"), None), None, "outside a pod: no owner");
     }
 
     #[test]
