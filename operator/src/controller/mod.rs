@@ -18,6 +18,7 @@
 
 pub mod autoscale;
 mod autoscale_loop;
+pub mod blind;
 pub mod boards;
 pub mod distribution;
 pub mod error;
@@ -181,6 +182,7 @@ async fn lead(client: &Client, config: &Config, metrics: Arc<Metrics>, term: Can
         config: config.clone(),
         boards: boards.clone(),
         leases: leases.clone(),
+        blind: Mutex::default(),
         pending: Mutex::default(),
         unsatisfied: unsatisfied.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -340,7 +342,7 @@ async fn sweep_leases(ctx: Arc<Context>, term: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = Timestamp::now();
-        let leases = lease_times(&ctx.leases);
+        let leases = lease_times(&ctx, now);
         for board in ctx.boards.state() {
             let name = board.name_any();
             let lease = leases.get(&name).copied();

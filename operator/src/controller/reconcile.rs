@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Config, FINALIZER, MANAGER,
+    blind::Blind,
     boards::{BoardFacts, LeaseTimes, PendingWrite},
     error::Error,
     metrics::Metrics,
@@ -46,6 +47,10 @@ const PENDING_TTL: Duration = Duration::from_secs(60);
 /// retrying every second would hammer a struggling API server.
 pub(crate) const ERROR_REQUEUE: Duration = Duration::from_secs(10);
 
+/// How long after a lease's expiry its deployments are reconciled again (timers fire a little
+/// late, never early, so a small margin suffices). Also the shortest requeue.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(100);
+
 /// Shared by every reconcile.
 pub(crate) struct Context {
     /// API client.
@@ -56,6 +61,8 @@ pub(crate) struct Context {
     pub boards: Store<Board>,
     /// Leases in the operator namespace, from a reflector.
     pub leases: Store<Lease>,
+    /// Whether the Lease watch has gone silent (read through [`lease_times`]).
+    pub blind: Mutex<Blind>,
     /// Planned writes not yet in the Board store. Also the placement lock: plans are made one
     /// at a time under it, so two deployments never count the same free memory twice.
     pub pending: Mutex<Pending>,
@@ -80,9 +87,16 @@ pub fn field_manager(key: &str) -> String {
     format!("{MANAGER}/sha256-{}", &digest[..32])
 }
 
-/// Lease renewal times by lease (= board) name.
-pub(crate) fn lease_times(leases: &Store<Lease>) -> HashMap<String, LeaseTimes> {
-    leases.state().iter().filter_map(|l| Some((l.name_any(), LeaseTimes::from_lease(l)?))).collect()
+/// Lease renewal times by lease (= board) name, as judged now: while the Lease watch is silent
+/// (see [`Blind`]) leases that were fresh stay fresh, so a quiet API server does not look like
+/// every board dying and move every replica.
+pub(crate) fn lease_times(ctx: &Context, now: Timestamp) -> HashMap<String, LeaseTimes> {
+    let leases = ctx.leases.state();
+    let times: Vec<(String, LeaseTimes)> =
+        leases.iter().filter_map(|l| Some((l.name_any(), LeaseTimes::from_lease(l)?))).collect();
+    let mut blind = ctx.blind.lock().unwrap_or_else(PoisonError::into_inner);
+    blind.observe(times.iter().map(|(_, t)| *t), now);
+    times.into_iter().map(|(name, t)| (name, blind.judged(t, now))).collect()
 }
 
 /// Drops pending writes the store now shows (or that are too old to trust).
@@ -170,7 +184,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
     // Status times in whole seconds, as the API server stores them, so a status read back
     // compares equal to the one computed.
     let now_s = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let leases = lease_times(&ctx.leases);
+    let leases = lease_times(ctx, now);
     let (writes, status, next_check, short) = {
         let mut pending = ctx.pending.lock().unwrap_or_else(PoisonError::into_inner);
         prune(&mut pending, &ctx.boards);
@@ -236,23 +250,25 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
 
     let mut after = ctx.config.resync;
     if let Some(expiry) = next_check {
-        // Just after the first assigned board's lease would expire, to notice it promptly.
+        // Just after the first assigned board's lease would expire, so a dead board's replicas
+        // move within moments of its lease running out, not a second later.
         let until = Duration::try_from(expiry.duration_since(now)).unwrap_or_default();
-        after = after.min(until + Duration::from_secs(1));
+        after = after.min(until + EXPIRY_MARGIN);
     }
-    Ok(Action::requeue(after.max(Duration::from_secs(1))))
+    Ok(Action::requeue(after.max(EXPIRY_MARGIN)))
 }
 
 /// Removes this deployment's entry from every Board that has it; the finalizer goes after.
 async fn cleanup(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
     let target = Target::from_md(md)?;
     let key = target.key;
-    let leases = lease_times(&ctx.leases);
+    let now = Timestamp::now();
+    let leases = lease_times(ctx, now);
     let holders: Vec<String> = {
         let mut pending = ctx.pending.lock().unwrap_or_else(PoisonError::into_inner);
         prune(&mut pending, &ctx.boards);
         let boards = ctx.boards.state();
-        let facts = facts(&boards, &leases, &pending, Timestamp::now());
+        let facts = facts(&boards, &leases, &pending, now);
         let holders: Vec<String> =
             facts.iter().filter(|b| b.entry(&key).is_some()).map(|b| b.name.to_owned()).collect();
         drop(facts);
