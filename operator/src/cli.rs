@@ -179,7 +179,8 @@ pub struct GatewayArgs {
     pub gateway_advertise_url: Option<String>,
 }
 
-/// `250ms`, `30s`, `2m` (a bare number is seconds).
+/// `250ms`, `30s`, `2m`, `1h` (a bare number is seconds): the units the chart's values schema
+/// allows for these flags, so a value `helm install` accepted never stops the operator.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
@@ -188,7 +189,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("'{s}': unit must be ms, s or m")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unit must be ms, s, m or h")),
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("'{s}' is not a duration"));
@@ -422,7 +424,8 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), std::time::Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
         assert_eq!(parse_duration("5").unwrap(), std::time::Duration::from_secs(5));
-        assert!(parse_duration("5h").is_err() && parse_duration("fast").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), std::time::Duration::from_secs(3600));
+        assert!(parse_duration("5d").is_err() && parse_duration("fast").is_err());
     }
 
     #[test]
