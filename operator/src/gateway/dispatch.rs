@@ -33,7 +33,7 @@ use crds::RoutingStrategy;
 /// A board taken for one request: counted in flight until dropped (when the answer has been
 /// streamed to the end, or the client went away).
 pub struct Slot {
-    gw: Arc<Gateway>,
+    pub(super) gw: Arc<Gateway>,
     pub route_key: String,
     pub model: String,
     pub board: String,
