@@ -160,15 +160,6 @@ def p5_section(p5: dict) -> str:
     mr = p5["max_rps"]
     notes = []
     direct1 = p5["by_concurrency"][concs[0]]["direct"]
-    if worst(gw, "ttft_p50") >= 30:
-        notes.append(
-            f"- **The gateway's ~{worst(gw, 'ttft_p50'):.0f} ms is a TCP artefact, not work.** The gateway writes the "
-            "answer to the client in one `writev` per SSE event, on a socket without `TCP_NODELAY` (`axum::serve` "
-            "does not set it; `operator/src/gateway/http.rs` `serve` passes the bare `TcpListener`). Nagle's "
-            "algorithm holds the second small write until the client acknowledges the first, and the client "
-            "delays that ACK by ~40 ms (Linux's minimum delayed-ACK time). nginx sets `tcp_nodelay on` by "
-            "default and adds a fraction of a millisecond. The CPU the gateway spends per request (column "
-            "above) is the better measure of its own cost.")
     if direct1["total_ms"]["p50"] >= 30 and direct1["ttft_ms"]["p50"] < 10:
         notes.append(
             f"- **The agent shows the same stall at the end of every answer**: direct, the first token comes after "
