@@ -17,6 +17,8 @@ caching policies. Tests:
   (b) 8 concurrent clients, one model, n_batch 1: all served, TTFT p50/p99, total time.
   (c) n_batch 4 vs n_batch 1 under the same 8 clients: aggregate tok/s (ABBA order).
   (d) prompt cache on vs off: alternating ~1k-token system prompts A, B, A, B, ...; TTFT medians.
+  (e) concurrency sweep: 1, 2, 4, 8 clients against n_batch 1 and n_batch 4: aggregate tok/s and
+      TTFT by concurrency, next to what the sim's cost model predicts.
 """
 from __future__ import annotations
 
@@ -63,7 +65,9 @@ def main() -> int:
     ap.add_argument("--batch-factor", default="0.12", help="RKLLM_SIM_BATCH_FACTOR (the sim's default)")
     ap.add_argument("--cache-n", type=int, default=8, help="(d) measured requests per server")
     ap.add_argument("--quiet-wait", type=float, default=120, help="max seconds to wait for a quiet CPU at start")
-    ap.add_argument("--skip", default="", help="comma list of: overhead,clients,cache")
+    ap.add_argument("--sweep", default="1,2,4,8", help="(e) client counts of the concurrency sweep")
+    ap.add_argument("--sweep-per-client", type=int, default=2, help="(e) requests per client, back to back")
+    ap.add_argument("--skip", default="", help="comma list of: overhead,clients,sweep,cache")
     ap.add_argument("--out", default="docs/bench")
     ap.add_argument("--render", metavar="JSON", type=Path,
                     help="only rewrite npu.md and npu.png next to this npu.json (no measuring)")
@@ -115,7 +119,7 @@ def main() -> int:
         "sim": {"lib": args.lib, "model": Path(args.model).name, "env": sim_env,
                 "vendor": {"ttft_ms_128": 199.09, "decode_tok_s": 32.91}},
         "config": {k: getattr(args, k) for k in ("rounds", "max_extra_rounds", "tokens", "clients", "per_client", "batch",
-                                                 "batch_factor", "cache_n")},
+                                                 "batch_factor", "cache_n", "sweep", "sweep_per_client")},
         "commands": {},
         "targets": TARGETS,
         "notes": [],
@@ -126,7 +130,8 @@ def main() -> int:
         results["notes"].append(f"The machine was not quiet at start (others used {fmt(q0['foreign_cores'], 2)} "
                                 f"cores after waiting {q0['waited_s']} s).")
 
-    need = max(args.rounds, args.clients * args.per_client)
+    sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
+    need = max([args.rounds, args.clients * args.per_client] + [c * args.sweep_per_client for c in sweep])
     t0 = time.monotonic()
     prompts, scout = scout_prompts(args.lib, args.model, need, args.tokens)
     scout["seconds"] = round(time.monotonic() - t0, 2)
@@ -135,7 +140,7 @@ def main() -> int:
         f"candidates ({scout['seconds']} s at 10000x), prompt tokens {scout['prompt_tokens']}")
 
     a1 = None
-    if not ({"overhead", "clients"} <= skip):
+    if not ({"overhead", "clients", "sweep"} <= skip):
         a1 = agent("npu-agent-n_batch1").start()
         results["commands"]["agent"] = pretty_argv(a1.argv)
         results["commands"]["config_n_batch1"] = (work / "n_batch1.yaml").read_text()
@@ -165,11 +170,13 @@ def main() -> int:
             results["notes"].append(f"(a): {o['rounds'] - o['rounds_ok']} of {o['rounds']} rounds failed or "
                                     "had unequal token counts; they are excluded.")
 
-    if "clients" not in skip:
+    ab = None
+    if not ({"clients", "sweep"} <= skip):
         ab = agent(f"npu-agent-n_batch{args.batch}", args.batch).start()
         results["commands"][f"agent_n_batch{args.batch}"] = pretty_argv(ab.argv)
         results["commands"][f"config_n_batch{args.batch}"] = (work / f"n_batch{args.batch}.yaml").read_text()
         chat(ab.port, stream_body(MODEL, None, prompts[-1], 8, False), timeout=60)
+    if "clients" not in skip:
         passes = []
         for n, srv in ((1, a1), (args.batch, ab), (args.batch, ab), (1, a1)):  # ABBA
             log(f"(b/c) {args.clients} clients x {args.per_client} requests, n_batch {n}")
@@ -181,8 +188,22 @@ def main() -> int:
             log(f"  served {c['served']}/{c['requests']}, total {fmt(c['total_s'], 2)} s, "
                 f"{fmt(c['agg_tps'], 1)} tok/s, TTFT p50 {fmt(c['ttft_p50_ms'])} / p99 {fmt(c['ttft_p99_ms'])} ms, "
                 f"runtime runs by active slots {c['runs_by_active_slots']}")
-        ab.stop()
         results["clients"] = {"passes": passes, "batch": args.batch}
+    if "sweep" not in skip:
+        # Each level against n_batch 1 then n_batch B, the order alternating between levels.
+        points = []
+        for i, n_clients in enumerate(sweep):
+            servers = ((1, a1), (args.batch, ab))
+            for n, srv in (servers if i % 2 == 0 else servers[::-1]):
+                c = run_clients(srv, prompts, n_clients, args.sweep_per_client, args.tokens)
+                c["n_batch"] = n
+                c.pop("ttft_ms", None)
+                points.append(c)
+                log(f"(e) {n_clients} clients, n_batch {n}: {fmt(c['agg_tps'], 1)} tok/s, "
+                    f"TTFT p50 {fmt(c['ttft_p50_ms'])} ms, served {c['served']}/{c['requests']}")
+        results["sweep"] = {"points": points, "batch": args.batch, "per_client": args.sweep_per_client}
+    if ab is not None:
+        ab.stop()
     if a1 is not None:
         a1.stop()
 

@@ -62,6 +62,15 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                     + f"; ratio {fmt(tb / t1 if t1 and tb else None, 2)}× "
                     f"(sim model: {fmt(_ideal_batch_gain(results), 2)}×)",
                     "(report; sim model, not hardware)", ""))
+    sw = results.get("sweep")
+    if sw:
+        for n in sorted({q["n_batch"] for q in sw["points"]}):
+            pts = _sweep(results, n)
+            out.append(("(e) concurrency", f"aggregate tok/s at {', '.join(str(q['clients']) for q in pts)} clients, "
+                        f"n_batch {n}",
+                        " / ".join(fmt(q["agg_tps"], 1) for q in pts) + " (sim model: "
+                        + " / ".join(fmt(m, 1) for m in _sweep_model(results, n, pts)) + ")",
+                        "(report; sim model, not hardware)", ""))
     p = results.get("prompt_cache")
     if p:
         pt = p["prompt_tokens"]
@@ -85,6 +94,25 @@ def _ideal_batch_gain(results: dict) -> float | None:
         return None
     n, f = c["batch"], float(results["config"]["batch_factor"])
     return n / (1 + f * (n - 1))
+
+
+def _sweep(results: dict, n_batch: int) -> list[dict]:
+    """(e)'s points for one n_batch, by client count."""
+    pts = [q for q in (results.get("sweep") or {}).get("points", []) if q["n_batch"] == n_batch]
+    return sorted(pts, key=lambda q: q["clients"])
+
+
+def _sweep_model(results: dict, n_batch: int, pts: list[dict]) -> list[float | None]:
+    """What the sim's cost model predicts for each point: one client's aggregate rate at n_batch 1,
+    times k / (1 + f(k−1)) with k = min(clients, n_batch) sequences decoding together."""
+    one = _sweep(results, 1)
+    base = one[0]["agg_tps"] if one and one[0]["clients"] == 1 else None
+    f = float(results["config"]["batch_factor"])
+    out = []
+    for q in pts:
+        k = min(q["clients"], n_batch)
+        out.append(base * k / (1 + f * (k - 1)) if base else None)
+    return out
 
 
 def summary_lines(results: dict) -> list[str]:
@@ -119,10 +147,10 @@ def markdown(results: dict, no_plot: str | None = None) -> str:
     lines += [
         "",
         ("Targets: (a) from the issue — through the agent, decode tok/s ≥ 99.5 % of the runtime library's "
-        "own rate and TTFT at most 2 ms longer; (b) every request served. (c) and (d) are reported, not gated."),
+        "own rate and TTFT at most 2 ms longer; (b) every request served. (c), (d) and (e) are reported, not gated."),
         "",
         (f"_No plot: {no_plot}._" if no_plot else f"![(a) TTFT and decode rate library vs agent, (b) TTFT under 8 "
-         f"clients, (c) aggregate tok/s by n_batch, (d) prompt cache]({PNG})"),
+         f"clients, (c) aggregate tok/s by n_batch, (d) prompt cache, (e) tok/s and TTFT by concurrency]({PNG})"),
         "",
         ("The plot is drawn from `npu.json` by `hack/bench/npu_report.py` when the benchmark ends; redraw it and "
          "this page without measuring: `$(hack/pyenv.sh) hack/bench/npu_bench.py --render docs/bench/npu.json`."),
@@ -185,6 +213,14 @@ def markdown(results: dict, no_plot: str | None = None) -> str:
         f"Passes in ABBA order (n_batch 1, {cfg['batch']}, {cfg['batch']}, 1). Aggregate tok/s = completion "
         "tokens of all served requests / total time. The runtime-call breakdown (runs by active slots) comes "
         "from the sim's trace (`RKLLM_SIM_TRACE`)."),
+        (f"* **(e) Concurrency sweep.** {cfg.get('sweep', '1,2,4,8').replace(',', ', ')} clients, each sending "
+        f"{cfg.get('sweep_per_client', 2)} streaming requests back to back (the prompts and `max_tokens` of (b)), "
+        f"against the n_batch 1 and the n_batch {cfg['batch']} agent of (c), the order alternating between "
+        "levels. Aggregate tok/s as in (c); TTFT includes the queueing. The sim model's line: one client's "
+        f"aggregate rate at n_batch 1, times k / (1 + {cfg['batch_factor']}·(k − 1)) with k = min(clients, "
+        "n_batch) sequences running together — flat for n_batch 1 (one request at a time, the rest queue), "
+        f"rising up to {cfg['batch']} clients for n_batch {cfg['batch']}. It applies the decode step's batch cost to "
+        "the whole request and leaves out the batch wait (20 ms), so the measured points sit a little below it."),
         (f"* **(d) Prompt cache.** Two agents, `--prompt-cache true` and `--prompt-cache false`, `n_batch` 1. "
         "The agent keeps the system prompt in the KV cache between conversations with the same system prompt "
         "(`rkllm_clear_kv_cache(keep_system_prompt=1)`), so requests alternate between two different ~1k-token "
@@ -203,8 +239,8 @@ def markdown(results: dict, no_plot: str | None = None) -> str:
         + ", ".join(f"`{k}={v}`" for k, v in sim["env"].items()) + ".",
         f"* Agent ({results['versions']['agent']}):",
     ]
-    titles = (("agent", "n_batch 1 — (a), (b), (c)"),
-              (f"agent_n_batch{cfg['batch']}", f"n_batch {cfg['batch']} — (c)"),
+    titles = (("agent", "n_batch 1 — (a), (b), (c), (e)"),
+              (f"agent_n_batch{cfg['batch']}", f"n_batch {cfg['batch']} — (c), (e)"),
               ("cache_on", "prompt cache on — (d)"), ("cache_off", "prompt cache off — (d)"))
     for key, title in titles:
         if key in cmds:
@@ -270,6 +306,20 @@ def _details(results: dict) -> list[str]:
                          f"{p['completion_tokens']} | {fmt(p['agg_tps'], 1)} | {fmt(p['ttft_p50_ms'])} | "
                          f"{fmt(p['ttft_p99_ms'])} | {p['runtime_runs']} ({by}) |")
         lines.append("")
+    sw = results.get("sweep")
+    if sw:
+        lines += ["## (e) per point", "",
+                  ("| n_batch | clients | served | total s | completion tokens | aggregate tok/s | sim model tok/s | "
+                   "TTFT p50 ms | TTFT p99 ms | runtime runs (by active slots) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for n in sorted({q["n_batch"] for q in sw["points"]}):
+            pts = _sweep(results, n)
+            for q, m in zip(pts, _sweep_model(results, n, pts)):
+                by = ", ".join(f"{k}: {v}" for k, v in q["runs_by_active_slots"].items())
+                lines.append(f"| {n} | {q['clients']} | {q['served']}/{q['requests']} | {fmt(q['total_s'], 2)} | "
+                             f"{q['completion_tokens']} | {fmt(q['agg_tps'], 1)} | {fmt(m, 1)} | "
+                             f"{fmt(q['ttft_p50_ms'])} | {fmt(q['ttft_p99_ms'])} | {q['runtime_runs']} ({by}) |")
+        lines.append("")
     p = results.get("prompt_cache")
     if p:
         lines += ["## (d) per request", "",
@@ -295,7 +345,7 @@ def plot(results: dict, png) -> str | None:
     why = plots.missing()
     if why:
         return why
-    fig, ax = plots.figure(2, 3, width=15.5, height=8.6,
+    fig, ax = plots.figure(3, 3, width=15.5, height=12.6,
                            title=f"make bench-npu: the RKLLM engine against rkllm-sim at vendor speed "
                                  f"({results['date']}, git {results['git']}; a sim, not an NPU)")
     o = results.get("overhead")
@@ -360,5 +410,33 @@ def plot(results: dict, png) -> str | None:
                     title=f"(d) prompt cache: TTFT on / off = {fmt(p['ratio_on_off'], 3)}")
     else:
         ax[5].set_visible(False)
+    sw = results.get("sweep")
+    if sw:
+        batches = sorted({q["n_batch"] for q in sw["points"]})
+        for i, n in enumerate(batches):
+            pts = _sweep(results, n)
+            xs = [q["clients"] for q in pts]
+            col = plots.color(f"n_batch {n}", i)
+            ax[6].plot(xs, [q["agg_tps"] for q in pts], "o-", color=col, label=f"n_batch {n}")
+            model = _sweep_model(results, n, pts)
+            if all(m is not None for m in model):
+                ax[6].plot(xs, model, "--", color=col, lw=1, label=f"n_batch {n}: sim model")
+            ax[7].plot(xs, [q["ttft_p50_ms"] for q in pts], "o-", color=col, label=f"n_batch {n}: p50")
+            ax[7].plot(xs, [q["ttft_p99_ms"] for q in pts], "s:", color=col, label=f"n_batch {n}: p99")
+        for a in ax[6:8]:
+            a.set_xscale("log", base=2)
+            a.set_xticks(sorted({q["clients"] for q in sw["points"]}))
+            a.get_xaxis().set_major_formatter(plots.pyplot().ScalarFormatter())
+            a.set_xlabel("concurrent clients")
+            a.set_ylim(bottom=0)
+            a.legend(fontsize=7)
+        ax[6].set_ylabel("aggregate tok/s (all clients)")
+        ax[6].set_title("(e) tok/s by concurrency (dashed: the sim's cost model)")
+        ax[7].set_ylabel("TTFT ms (queueing included)")
+        ax[7].set_title("(e) TTFT by concurrency")
+    else:
+        ax[6].set_visible(False)
+        ax[7].set_visible(False)
+    ax[8].set_visible(False)
     plots.save(fig, png)
     return None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Entry point of `make bench-npu` (also run by `make bench`): the agent's RKLLM engine against
 # rkllm-sim at vendor speed (RKLLM_SIM_SPEEDUP=1) — agent overhead vs the library driven directly,
-# 8 concurrent clients, n_batch 4 vs 1, prompt cache on vs off. Measured, not a CI gate; the sim
+# 8 concurrent clients, n_batch 4 vs 1, prompt cache on vs off, tok/s by concurrency. Measured, not a CI gate; the sim
 # models the vendor's timing table on x86, so nothing here is a statement about real NPU speed.
 #
 #   hack/bench/npu_run.sh                  full run (~3 min), writes docs/bench/{npu.md,npu.json}
