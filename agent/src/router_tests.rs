@@ -484,6 +484,22 @@ async fn status_reports_the_boards_own_memory_under_a_fixture_root() {
     assert_eq!(h.agent.sched.options().memory_budget, total / 10 * 8);
 }
 
+/// `board.load.tokensPerSecond` is the generated-token rate over the last minute: 0 before any
+/// answer, above 0 once tokens were generated (a second of history needed first).
+#[tokio::test]
+async fn status_reports_the_generated_token_rate() {
+    let h = harness(MockEngine::default());
+    let rate = |b: &str| serde_json::from_str::<Value>(b).unwrap()["board"]["load"]["tokensPerSecond"].as_f64();
+    let status = || Request::get("/internal/v1/status").body(Body::empty()).unwrap();
+    let (_, _, b) = call(&h.router, status()).await;
+    assert_eq!(rate(&b), Some(0.0), "{b}");
+    let (s, _, b) = call(&h.router, post("/v1/chat/completions", &chat(false))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, _, b) = call(&h.router, status()).await;
+    assert!(rate(&b).is_some_and(|r| r > 0.0), "{b}");
+}
+
 /// A file copied into the models directory gets a digest: hashed once in the background,
 /// cached beside it, then read by every scan.
 #[tokio::test]

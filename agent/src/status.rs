@@ -52,8 +52,15 @@ pub struct AgentStatus {
     pub loaded: Vec<LoadedModel>,
 }
 
-/// Builds the report from the parts the agent holds.
-pub fn report(node: &crate::node::Node, runtime: &RuntimeState, sched: &Scheduler, store_dir: &Path) -> AgentStatus {
+/// Builds the report from the parts the agent holds; `tokens_per_second` is the generated-token
+/// rate over the last minute (`GenMetrics::tokens_per_second`).
+pub fn report(
+    node: &crate::node::Node,
+    runtime: &RuntimeState,
+    sched: &Scheduler,
+    store_dir: &Path,
+    tokens_per_second: f64,
+) -> AgentStatus {
     let telemetry = Telemetry::read(&node.fs);
     let residents = sched.residents();
     let loaded: Vec<LoadedModel> = residents
@@ -93,12 +100,12 @@ pub fn report(node: &crate::node::Node, runtime: &RuntimeState, sched: &Schedule
             .iter()
             .map(|z| z.celsius)
             .reduce(f64::max)
-            .map(|max_celsius| crds::Thermal { max_celsius, throttling: false }),
+            .map(|max_celsius| crds::Thermal { max_celsius, throttling: telemetry.throttling() }),
         loaded_models: Some(i32::try_from(loaded.len()).unwrap_or(i32::MAX)),
         load: Some(crds::BoardLoad {
             active: residents.iter().map(|r| r.instance.busy()).sum::<usize>() as i32,
             queued: residents.iter().map(|r| r.waiting()).sum::<usize>() as i32,
-            tokens_per_second: 0.0,
+            tokens_per_second,
         }),
         ..crds::BoardStatus::default()
     };

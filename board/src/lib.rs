@@ -37,7 +37,7 @@ pub use doctor::{Check, Status, board_checks, render, worst};
 pub use host::{DiskSpace, HostFacts, count_cpu_list, parse_meminfo};
 pub use limits::{NofileOutcome, VENDOR_NOFILE, raise_nofile};
 pub use sysfs::Sysfs;
-pub use telemetry::{CpuFreq, DevfreqState, NpuLoad, Telemetry, ThermalZone, parse_npu_load};
+pub use telemetry::{CoolingDevice, CpuFreq, DevfreqState, NpuLoad, Telemetry, ThermalZone, parse_npu_load};
 pub use tune::{NodeFailure, Readback, TuneOptions, TuneReport, Tuner, Write, WriteKind, plan};
 
 /// The one error type of this crate. Both variants name the full path, because "Permission

@@ -28,6 +28,28 @@ pub struct ThermalZone {
     pub celsius: f64,
 }
 
+/// A thermal cooling device (`cooling_deviceN`): how hard the kernel is holding a clock (or
+/// spinning a fan) back because of heat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoolingDevice {
+    /// `cooling_device0`.
+    pub device: String,
+    /// The device's `type`: `cpufreq-cpu4`, `thermal-cpufreq-0`, a devfreq device such as
+    /// `fdab0000.npu` or `dmc`, `pwm-fan`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `cur_state`: 0 = not limiting; up to `max_state`.
+    pub state: u64,
+    pub max_state: Option<u64>,
+}
+
+impl CoolingDevice {
+    /// A fan (cooling by air, not by a lower clock): running it is not throttling.
+    pub fn is_fan(&self) -> bool {
+        self.kind.to_ascii_lowercase().contains("fan")
+    }
+}
+
 /// NPU utilisation in percent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NpuLoad {
@@ -61,6 +83,8 @@ pub struct DevfreqState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Telemetry {
     pub thermal: Vec<ThermalZone>,
+    /// Cooling devices, fans included; see [`Telemetry::throttling`].
+    pub cooling: Vec<CoolingDevice>,
     pub npu_load: Option<NpuLoad>,
     pub cpu: Vec<CpuFreq>,
     pub npu: Option<DevfreqState>,
@@ -82,6 +106,20 @@ impl Telemetry {
                 Some(ThermalZone { zone, kind, celsius: milli as f64 / 1000.0 })
             })
             .collect();
+        let cooling = fs
+            .numbered(THERMAL_DIR, "cooling_device")
+            .into_iter()
+            .filter_map(|(_, device)| {
+                let dir = format!("{THERMAL_DIR}/{device}");
+                let state = fs.probe_u64(&format!("{dir}/cur_state"))?;
+                Some(CoolingDevice {
+                    kind: fs.probe(&format!("{dir}/type")).unwrap_or_default(),
+                    max_state: fs.probe_u64(&format!("{dir}/max_state")),
+                    state,
+                    device,
+                })
+            })
+            .collect();
         let npu_load = NPU_LOAD_FILES.iter().find_map(|rel| parse_npu_load(&fs.probe(rel)?));
         let cpu = cpu_policies(fs)
             .into_iter()
@@ -100,7 +138,14 @@ impl Telemetry {
             })
         };
         let (npu, ddr, gpu) = devfreq_nodes(fs);
-        Telemetry { thermal, npu_load, cpu, npu: state(npu), ddr: state(ddr), gpu: state(gpu) }
+        Telemetry { thermal, cooling, npu_load, cpu, npu: state(npu), ddr: state(ddr), gpu: state(gpu) }
+    }
+
+    /// True while the kernel holds a clock down because of heat: a cooling device other than a
+    /// fan is in a state above 0 (the thermal framework's own signal; trip points and governors
+    /// are the kernel's business). False when the board exposes no cooling devices.
+    pub fn throttling(&self) -> bool {
+        self.cooling.iter().any(|c| c.state > 0 && !c.is_fan())
     }
 
     /// The hottest zone (the first of equals, so the report is stable).

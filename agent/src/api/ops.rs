@@ -45,7 +45,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/internal/v1/status", tag = "ops", responses((status = 200, description = "Node status JSON")))]
 pub async fn status(State(st): State<AppState>) -> impl IntoResponse {
     let sched = st.serve.sched();
-    Json(crate::status::report(&st.node, &st.runtime, sched, sched.registry().dir()))
+    let rate = st.serve.metrics().tokens_per_second();
+    Json(crate::status::report(&st.node, &st.runtime, sched, sched.registry().dir(), rate))
 }
 
 /// `GET /internal/v1/load`: what the cluster gateway routes on.

@@ -82,8 +82,9 @@ impl BoardWriter {
 
     /// The full status as it would be written now.
     fn compose(&self, previous: Option<&BoardStatus>) -> BoardStatus {
-        let report =
-            crate::status::report(&self.parts.node, &self.parts.runtime, &self.parts.sched, self.parts.registry.dir());
+        let p = &self.parts;
+        let rate = p.serve.metrics().tokens_per_second();
+        let report = crate::status::report(&p.node, &p.runtime, &p.sched, p.registry.dir(), rate);
         let mut s = report.board;
         s.endpoint = Some(self.cfg.advertise_url.clone());
         s.models = self.states.snapshot();

@@ -15,6 +15,7 @@ mod error;
 pub mod jsoncheck;
 pub mod messages;
 mod metrics;
+mod rate;
 mod running;
 pub mod think;
 pub mod toolstream;

@@ -164,7 +164,7 @@ impl Running {
                 let m = &self.metrics;
                 m.prompt_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.prompt_eval_tokens));
                 m.cached_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.cached_tokens));
-                m.generated_tokens.get_or_create(&self.labels).inc_by(u64::from(perf.generated_tokens));
+                m.generated(&self.labels, u64::from(perf.generated_tokens));
                 let family = match perf.prompt_cache {
                     Some(PromptCacheUse::Loaded) => Some(&m.prompt_cache_loads),
                     Some(PromptCacheUse::Created) => Some(&m.prompt_cache_creates),
