@@ -17,14 +17,14 @@ caching policies. Tests:
   (b) 8 concurrent clients, one model, n_batch 1: all served, TTFT p50/p99, total time.
   (c) n_batch 4 vs n_batch 1 under the same 8 clients: aggregate tok/s (ABBA order).
   (d) prompt cache on vs off: alternating ~1k-token system prompts A, B, A, B, ...; TTFT medians.
-  (e) concurrency sweep: 1, 2, 4, 8 clients against n_batch 1 and n_batch 4: aggregate tok/s and
-      TTFT by concurrency, next to what the sim's cost model predicts.
+  (e) concurrency sweep: 1, 2, 4, 8 clients against the two agents of (c): aggregate tok/s, TTFT
+      and per-request decode tok/s by concurrency, next to what the sim's cost model predicts.
 """
 from __future__ import annotations
 
 # Modules (this directory is on sys.path when the script runs):
 #   npu_ctypes.py   ctypes binding of the 1.3.0 ABI (sizes asserted)
-#   npu_measure.py  the agent process, prompt scouting, the four tests
+#   npu_measure.py  the agent process, prompt scouting, the tests
 #   npu_report.py   stdout summary, docs/bench/npu.md and npu.png (plots.py)
 import argparse
 import datetime as dt
@@ -66,7 +66,8 @@ def main() -> int:
     ap.add_argument("--cache-n", type=int, default=8, help="(d) measured requests per server")
     ap.add_argument("--quiet-wait", type=float, default=120, help="max seconds to wait for a quiet CPU at start")
     ap.add_argument("--sweep", default="1,2,4,8", help="(e) client counts of the concurrency sweep")
-    ap.add_argument("--sweep-per-client", type=int, default=2, help="(e) requests per client, back to back")
+    ap.add_argument("--sweep-requests", type=int, default=8,
+                    help="(e) requests per level: each client sends max(2, this / clients) back to back")
     ap.add_argument("--skip", default="", help="comma list of: overhead,clients,sweep,cache")
     ap.add_argument("--out", default="docs/bench")
     ap.add_argument("--render", metavar="JSON", type=Path,
@@ -119,7 +120,7 @@ def main() -> int:
         "sim": {"lib": args.lib, "model": Path(args.model).name, "env": sim_env,
                 "vendor": {"ttft_ms_128": 199.09, "decode_tok_s": 32.91}},
         "config": {k: getattr(args, k) for k in ("rounds", "max_extra_rounds", "tokens", "clients", "per_client", "batch",
-                                                 "batch_factor", "cache_n", "sweep", "sweep_per_client")},
+                                                 "batch_factor", "cache_n", "sweep", "sweep_requests")},
         "commands": {},
         "targets": TARGETS,
         "notes": [],
@@ -130,8 +131,11 @@ def main() -> int:
         results["notes"].append(f"The machine was not quiet at start (others used {fmt(q0['foreign_cores'], 2)} "
                                 f"cores after waiting {q0['waited_s']} s).")
 
-    sweep = [int(x) for x in args.sweep.split(",") if x.strip()]
-    need = max([args.rounds, args.clients * args.per_client] + [c * args.sweep_per_client for c in sweep])
+    # (e): the same number of requests per level (as many TTFT samples; each n_batch 1 level takes
+    # ~11 s), but at least 2 per client, so every level also shows the steady state in which a
+    # client's next request queues behind the others' (8 clients: 16 requests, ~23 s).
+    sweep = {c: max(2, -(-args.sweep_requests // c)) for c in map(int, filter(None, args.sweep.split(",")))}
+    need = max([args.rounds, args.clients * args.per_client] + [c * k for c, k in sweep.items()])
     t0 = time.monotonic()
     prompts, scout = scout_prompts(args.lib, args.model, need, args.tokens)
     scout["seconds"] = round(time.monotonic() - t0, 2)
@@ -192,16 +196,16 @@ def main() -> int:
     if "sweep" not in skip:
         # Each level against n_batch 1 then n_batch B, the order alternating between levels.
         points = []
-        for i, n_clients in enumerate(sweep):
+        for i, (n_clients, per_client) in enumerate(sweep.items()):
             servers = ((1, a1), (args.batch, ab))
             for n, srv in (servers if i % 2 == 0 else servers[::-1]):
-                c = run_clients(srv, prompts, n_clients, args.sweep_per_client, args.tokens)
+                c = run_clients(srv, prompts, n_clients, per_client, args.tokens)
                 c["n_batch"] = n
-                c.pop("ttft_ms", None)
                 points.append(c)
-                log(f"(e) {n_clients} clients, n_batch {n}: {fmt(c['agg_tps'], 1)} tok/s, "
-                    f"TTFT p50 {fmt(c['ttft_p50_ms'])} ms, served {c['served']}/{c['requests']}")
-        results["sweep"] = {"points": points, "batch": args.batch, "per_client": args.sweep_per_client}
+                log(f"(e) {n_clients} clients x {per_client}, n_batch {n}: {fmt(c['agg_tps'], 1)} tok/s, "
+                    f"TTFT p50 {fmt(c['ttft_p50_ms'])} / p99 {fmt(c['ttft_p99_ms'])} ms, decode "
+                    f"{fmt(c['decode_tps_p50'], 2)} tok/s per request, served {c['served']}/{c['requests']}")
+        results["sweep"] = {"points": points, "batch": args.batch}
     if ab is not None:
         ab.stop()
     if a1 is not None:

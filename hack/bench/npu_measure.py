@@ -1,7 +1,7 @@
 """`make bench-npu` measurements against rkllm-sim: the agent process (started by the launcher
 shared with `make bench` and the test suites, hack/py/agentproc.py, through servers.AgentServer),
-prompt scouting, and the four tests (overhead vs the library driven directly, 8 concurrent clients,
-n_batch 4 vs 1, prompt cache on vs off)."""
+prompt scouting, and the tests (overhead vs the library driven directly, 8 concurrent clients,
+n_batch 4 vs 1, prompt cache on vs off, the concurrency sweep: run_clients again per level)."""
 from __future__ import annotations
 
 import http.client
@@ -223,10 +223,12 @@ def run_clients(agent: NpuAgent, prompts: list[str], clients: int, per_client: i
             r = chat(agent.port, stream_body(MODEL, None, prompt, tokens, False), timeout=180)
             t1 = time.perf_counter()
             usage = r.get("usage") or {}
+            ct = r["chunk_times"]
             with lock:
                 recs.append({"client": i, "ok": r["ok"], "error": r["error"], "start": t0, "end": t1,
                              "ttft_ms": r["ttft"] * 1000 if r["ttft"] else None,
-                             "tokens": usage.get("completion_tokens") or len(r["chunk_times"])})
+                             "decode_tps": (len(ct) - 1) / (ct[-1] - ct[0]) if len(ct) > 2 else None,
+                             "tokens": usage.get("completion_tokens") or len(ct)})
 
     ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in ts:
@@ -250,6 +252,9 @@ def run_clients(agent: NpuAgent, prompts: list[str], clients: int, per_client: i
         "agg_tps": toks / total_s if total_s else None,
         "ttft_p50_ms": pct(ttfts, 50), "ttft_p99_ms": pct(ttfts, 99), "ttft_max_ms": max(ttfts) if ttfts else None,
         "ttft_ms": sorted(round(x, 1) for x in ttfts),  # every served request, for the report's CDF
+        # One request's own rate once it is decoding, as (a) measures it: what a user sees per stream
+        # when the batch shares the NPU (the sim slows each step by the batch factor).
+        "decode_tps_p50": med(r["decode_tps"] for r in ok),
         "runtime_runs": len(runs), "runs_by_active_slots": dict(sorted(active.items())),
     }
 

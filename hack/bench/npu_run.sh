@@ -4,7 +4,7 @@
 # 8 concurrent clients, n_batch 4 vs 1, prompt cache on vs off, tok/s by concurrency. Measured, not a CI gate; the sim
 # models the vendor's timing table on x86, so nothing here is a statement about real NPU speed.
 #
-#   hack/bench/npu_run.sh                  full run (~3 min), writes docs/bench/{npu.md,npu.json}
+#   hack/bench/npu_run.sh                  full run (~5 min), writes docs/bench/{npu.md,npu.json}
 #   hack/bench/npu_run.sh --rounds 4 ...   extra arguments go to hack/bench/npu_bench.py (see --help)
 #   BENCH_OUT=/tmp/b hack/bench/npu_run.sh write the report elsewhere
 #
