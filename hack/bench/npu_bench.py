@@ -180,14 +180,19 @@ def main() -> int:
         results["commands"][f"agent_n_batch{args.batch}"] = pretty_argv(ab.argv)
         results["commands"][f"config_n_batch{args.batch}"] = (work / f"n_batch{args.batch}.yaml").read_text()
         chat(ab.port, stream_body(MODEL, None, prompts[-1], 8, False), timeout=60)
+    def load(n_batch: int, srv: NpuAgent, clients: int, per_client: int) -> dict:
+        """(b), (c) and (e)'s unit: `clients` back-to-back streams against one agent, labelled."""
+        meter = CpuMeter().start()
+        c = run_clients(srv, prompts, clients, per_client, args.tokens)
+        c.update(meter.stop())
+        c["n_batch"] = n_batch
+        return c
+
     if "clients" not in skip:
         passes = []
         for n, srv in ((1, a1), (args.batch, ab), (args.batch, ab), (1, a1)):  # ABBA
             log(f"(b/c) {args.clients} clients x {args.per_client} requests, n_batch {n}")
-            meter = CpuMeter().start()
-            c = run_clients(srv, prompts, args.clients, args.per_client, args.tokens)
-            c.update(meter.stop())
-            c["n_batch"] = n
+            c = load(n, srv, args.clients, args.per_client)
             passes.append(c)
             log(f"  served {c['served']}/{c['requests']}, total {fmt(c['total_s'], 2)} s, "
                 f"{fmt(c['agg_tps'], 1)} tok/s, TTFT p50 {fmt(c['ttft_p50_ms'])} / p99 {fmt(c['ttft_p99_ms'])} ms, "
@@ -199,8 +204,7 @@ def main() -> int:
         for i, (n_clients, per_client) in enumerate(sweep.items()):
             servers = ((1, a1), (args.batch, ab))
             for n, srv in (servers if i % 2 == 0 else servers[::-1]):
-                c = run_clients(srv, prompts, n_clients, per_client, args.tokens)
-                c["n_batch"] = n
+                c = load(n, srv, n_clients, per_client)
                 points.append(c)
                 log(f"(e) {n_clients} clients x {per_client}, n_batch {n}: {fmt(c['agg_tps'], 1)} tok/s, "
                     f"TTFT p50 {fmt(c['ttft_p50_ms'])} / p99 {fmt(c['ttft_p99_ms'])} ms, decode "

@@ -92,13 +92,16 @@ def _service_s(results: dict) -> float | None:
     return med(p["total_s"] / p["requests"] for p in _passes(results, 1) if p["total_s"])
 
 
+def _batch_cost(results: dict, k: int) -> float:
+    """The sim's cost of a runtime step with k active sequences, in single-sequence steps:
+    1 + f·(k−1), f = RKLLM_SIM_BATCH_FACTOR. Every figure of (c) and (e)'s model derives from it."""
+    return 1 + float(results["config"]["batch_factor"]) * (k - 1)
+
+
 def _ideal_batch_gain(results: dict) -> float | None:
     """Decode-only throughput gain the sim's cost model gives n full slots: n / (1 + f(n-1))."""
     c = results.get("clients")
-    if not c:
-        return None
-    n, f = c["batch"], float(results["config"]["batch_factor"])
-    return n / (1 + f * (n - 1))
+    return c["batch"] / _batch_cost(results, c["batch"]) if c else None
 
 
 def _sweep(results: dict, n_batch: int) -> list[dict]:
@@ -111,8 +114,8 @@ def _decode_bound(results: dict, n_batch: int, clients: int) -> float:
     """The aggregate rate if requests were all decode (no prefill, no first step, no batch wait):
     the sim's decode rate × k / (1 + f·(k−1)), k = min(clients, n_batch) — a ceiling (e) only nears
     with long answers."""
-    k, f = min(clients, n_batch), float(results["config"]["batch_factor"])
-    return results["sim"]["vendor"]["decode_tok_s"] * k / (1 + f * (k - 1))
+    k = min(clients, n_batch)
+    return results["sim"]["vendor"]["decode_tok_s"] * k / _batch_cost(results, k)
 
 
 def _sweep_levels(results: dict) -> list[tuple[int, int]]:
@@ -137,13 +140,13 @@ def _sweep_model(results: dict, point: dict) -> dict:
     n_batch are queued (in vain: a client sends its next request only when its run has ended). HTTP
     and client time are left out (~1.5 ms per request, (a))."""
     cfg = results["config"]
-    f, tokens, n_batch, clients = float(cfg["batch_factor"]), cfg["tokens"], point["n_batch"], point["clients"]
+    tokens, n_batch, clients = cfg["tokens"], point["n_batch"], point["clients"]
     prefill, step = _prefill_step_ms(results)
     queue, left, sent = deque(range(clients)), [point["per_client"]] * clients, [0.0] * clients
     t, ttfts, decode = 0.0, [], []
     while queue:
         run = [queue.popleft() for _ in range(min(n_batch, len(queue)))]
-        cost = 1 + f * (len(run) - 1)
+        cost = _batch_cost(results, len(run))
         start = t + (BATCH_WAIT_MS if 1 < n_batch and len(run) < n_batch else 0)
         ttfts += [start + (prefill + step) * cost - sent[c] for c in run]
         decode += [1000 / step / cost] * len(run)
@@ -167,7 +170,6 @@ def summary_lines(results: dict) -> list[str]:
 def markdown(results: dict, no_plot: str | None = None) -> str:
     cfg, mi, sim = results["config"], results["machine"], results["sim"]
     cmds = results["commands"]
-    f = float(cfg["batch_factor"])
     sweep = results.get("sweep")
     lines = [
         "# `make bench-npu`: the RKLLM (NPU) engine against rkllm-sim",
@@ -213,7 +215,7 @@ def markdown(results: dict, no_plot: str | None = None) -> str:
         f"f = `RKLLM_SIM_BATCH_FACTOR` = {cfg['batch_factor']} (the sim's default: the NPU is assumed mostly "
         f"weight-bandwidth bound at small batches). Full {cfg['batch']}-slot batches therefore decode "
         f"{fmt(_ideal_batch_gain(results), 2)}× faster in aggregate than one sequence "
-        f"({cfg['batch']} / {fmt(1 + f * (cfg['batch'] - 1), 2)}); prefill is paced by the longest slot "
+        f"({cfg['batch']} / {fmt(_batch_cost(results, cfg['batch']), 2)}); prefill is paced by the longest slot "
         "with the same factor. **The n_batch ratio in (c) reflects this assumed factor, not hardware**; "
         "on a board it has to be measured."),
         ("* `RKLLM_SIM_SPEEDUP=1` (vendor speed) for the agent and for the direct binding; the variables that "
@@ -358,7 +360,7 @@ def _details(results: dict) -> list[str]:
     sw = results.get("sweep")
     if sw:
         cfg, v = results["config"], results["sim"]["vendor"]
-        f, b, t = float(cfg["batch_factor"]), sw["batch"], cfg["tokens"]
+        b, t = sw["batch"], cfg["tokens"]
         one = _sweep_model(results, {"n_batch": 1, "clients": 1, "per_client": 1})["agg_tps"]
         lines += ["## (e) by concurrency", "",
                   (f"What the sim's cost model predicts: at n_batch 1 the agent runs one request at a time, so "
@@ -369,9 +371,9 @@ def _details(results: dict) -> list[str]:
                    f"{b}, k = min(clients, {b}) requests share each run, which costs "
                    f"1 + {cfg['batch_factor']}·(k − 1) times one request's, so the aggregate grows as "
                    f"k / (1 + {cfg['batch_factor']}·(k − 1)) × {fmt(one, 1)} up to {b} clients "
-                   f"({fmt(b / (1 + f * (b - 1)) * one, 1)} tok/s) and stays there, while each stream decodes at "
+                   f"({fmt(b / _batch_cost(results, b) * one, 1)} tok/s) and stays there, while each stream decodes at "
                    f"1 / (1 + {cfg['batch_factor']}·(k − 1)) of its own rate "
-                   f"({fmt(v['decode_tok_s'] / (1 + f * (b - 1)), 2)} tok/s at k = {b}). The model columns play "
+                   f"({fmt(v['decode_tok_s'] / _batch_cost(results, b), 2)} tok/s at k = {b}). The model columns play "
                    "this out request by request for each level (`_sweep_model` in `hack/bench/npu_report.py`; it "
                    f"adds the agent's 20 ms batch wait to each n_batch {b} run with fewer than {b} requests and "
                    "leaves out HTTP time); they are not fitted to the measurements. The plot's dotted lines are "

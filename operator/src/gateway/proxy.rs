@@ -410,10 +410,10 @@ impl Tracked {
     /// hands a body over one chunk at a time, each only after the last was taken, though one
     /// socket read often brought many. Taking a chunk woke the connection's task, so a wake-up
     /// queued now comes after it has decoded what it held; a turn that brings nothing ends
-    /// the wait, so nothing waits for bytes the board has not sent. Under P5's load (strace):
-    /// writes to the client per answer ~13 → ~3 (nginx ~3.5); CPU per request ~13 % lower in
-    /// paired runs, the queued wake-ups taking back part of what the writes saved. False
-    /// outside a Tokio runtime.
+    /// the wait, so nothing waits for bytes the board has not sent. A turn costs a queued
+    /// wake-up where it saves a write to the client (`make bench-gateway`'s P5 measures the
+    /// gateway's CPU per request); `chunks_read_together_leave_together` pins the behaviour.
+    /// False outside a Tokio runtime.
     fn give_turn(&mut self, cx: &Context<'_>) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
         self.turns += 1;
