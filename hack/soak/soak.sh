@@ -55,10 +55,28 @@ cleanup() {
       [[ -f "$f" ]] && { echo "--- last lines of $f"; tail -n 30 "$f"; }
     done
   fi
+  # The failed checks, repeated after the logs and the teardown so that a CI log's last lines name them.
+  local failed=""
+  if ((rc != 0)) && [[ -s "$WORK/results.json" ]]; then
+    failed="$(python3 - "$WORK/results.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for name, ph in d["phases"].items():
+    for c in ph["checks"]:
+        if c["hard"] and not c["ok"]:
+            print(f"  [{name}] {c['what']}: {c['value'][:600]}")
+PY
+)" || true
+  fi
   if [[ "${SOAK_KEEP:-0}" == 1 && -d "$TESTCLUSTER_DIR/logs" ]]; then cp -r "$TESTCLUSTER_DIR/logs" "$WORK/logs"; fi
   hack/testcluster.sh down || true
   if [[ "${SOAK_KEEP:-0}" == 1 ]]; then log "results and logs kept in $WORK"; else rm -rf "$WORK"; fi
-  if ((rc == 0)); then log "passed in $((SECONDS - START)) s"; else log "FAILED (exit $rc)"; fi
+  if ((rc == 0)); then
+    log "passed in $((SECONDS - START)) s"
+  else
+    [[ -n "$failed" ]] && log "failed checks:" && printf '%s\n' "$failed" >&2
+    log "FAILED (exit $rc)"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT

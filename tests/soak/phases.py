@@ -251,11 +251,18 @@ def overload(c: Cluster, ctx: dict, res, cfg: dict) -> None:
     growth(res, sampler.samples, dur, warm, win)
 
 
+# Open files a sample may catch beyond the baseline's maximum without a leak: under 2x load the
+# gateway accepts and closes client connections all the time (every 429 is one).
+FD_CHURN = 2
+
+
 def growth(res, samples: list, dur: float, warm: float, win: float) -> None:
     """RSS, open files and threads: the last `win` seconds against a warmed-up baseline, the
     `win` seconds after the first `warm` (the first requests fill allocator arenas, connection
     pools and the runtime's blocking threads; that is start-up, not growth). RSS compares medians
-    (growth <= 5 %); files and threads compare the maxima of the two windows (no growth at all)."""
+    (growth <= 5 %); files and threads compare the maxima of the two windows: threads may not grow
+    at all, open files by at most FD_CHURN (sockets of connections opening or closing at the
+    moment of a sample; a leak grows with the requests, thousands in the short run)."""
     base = [s for t, s in samples if warm <= t < warm + win]
     end = [s for t, s in samples if t >= dur - win]
     table = {}
@@ -279,8 +286,8 @@ def growth(res, samples: list, dur: float, warm: float, win: float) -> None:
         table[name] = row
         res.check("overload", f"{name}: RSS growth <= 5 % over the warmed-up baseline", row["rss_growth_pct"] <= 5,
                   f"{row['rss_base_mib']} -> {row['rss_end_mib']} MiB ({row['rss_growth_pct']:+.2f} %)")
-        res.check("overload", f"{name}: no growth in open files or threads",
-                  row["fds_end"] <= row["fds_base"] and row["threads_end"] <= row["threads_base"],
+        res.check("overload", f"{name}: no growth in open files (+{FD_CHURN} for connections in flight) or threads",
+                  row["fds_end"] <= row["fds_base"] + FD_CHURN and row["threads_end"] <= row["threads_base"],
                   f"fds {row['fds_base']} -> {row['fds_end']}, threads {row['threads_base']} -> {row['threads_end']}")
     res.numbers("overload", processes=table, series=[(round(t, 1), s) for t, s in samples])
 
