@@ -29,6 +29,7 @@ pub mod prefix;
 pub mod proxy;
 pub mod queue;
 pub mod table;
+pub mod upstream;
 pub mod view;
 pub mod workers;
 

@@ -10,10 +10,7 @@
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -35,6 +32,7 @@ use super::{
     dispatch::{self, Slot},
     hold,
     prefix::{ROUTING_KEY_HEADER, affinity_key},
+    upstream,
 };
 
 /// Response header naming the board that answered.
@@ -64,7 +62,11 @@ struct Failed {
     answer: Option<(StatusCode, HeaderMap, Bytes)>,
 }
 
-pub(super) type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+/// The rest of a board's answer (`upstream::Body`, boxed so tests can stand in for it).
+pub(super) type Upstream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// The most of a refusal (429/503/404) kept to pass on if no other board takes the request.
+const REFUSAL_MAX: usize = 64 * 1024;
 
 /// The board's status, headers and first chunk, with the rest of the body to stream.
 pub(super) struct Committed {
@@ -102,17 +104,12 @@ fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
 
 async fn attempt(gw: &Gateway, slot: &Slot, path: &str, headers: HeaderMap, body: Bytes) -> Result<Committed, Failed> {
     let failed = |cause, e: &dyn std::fmt::Display| Failed { cause, detail: e.to_string(), answer: None };
-    let resp = super::workers::client(gw)
-        .post(format!("{}{path}", slot.endpoint))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| failed(if e.is_connect() { "connect" } else { "send" }, &e))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
+    let upstream::Answer { status, headers, body } =
+        upstream::send(&slot.endpoint, "POST", path, &headers, &body, gw.config.connect_timeout)
+            .await
+            .map_err(|e| Failed { cause: e.cause, detail: e.detail, answer: None })?;
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND) {
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = body.collect(REFUSAL_MAX).await.unwrap_or_default();
         let cause = match status {
             StatusCode::TOO_MANY_REQUESTS => "busy",
             StatusCode::NOT_FOUND => "not_found",
@@ -120,7 +117,7 @@ async fn attempt(gw: &Gateway, slot: &Slot, path: &str, headers: HeaderMap, body
         };
         return Err(Failed { cause, detail: format!("HTTP {status}"), answer: Some((status, headers, bytes)) });
     }
-    let mut rest = resp.bytes_stream().boxed();
+    let mut rest = body.boxed();
     match rest.next().await {
         Some(Err(e)) => Err(failed("cut", &e)),
         first => Ok(Committed { status, headers, first: first.and_then(Result::ok), rest }),
@@ -319,8 +316,6 @@ pub(super) fn tracked(gw: Arc<Gateway>, slot: Slot, first: Option<Bytes>, rest: 
         upstream_done: false,
         pending_error: None,
         held: bytes::BytesMut::new(),
-        turns: 0,
-        turn: None,
     }
 }
 
@@ -352,13 +347,9 @@ pub(super) struct Tracked {
     ended: bool,
     /// The board's stream ended (or broke) while joining chunks; reported on the next poll.
     upstream_done: bool,
-    pending_error: Option<reqwest::Error>,
-    /// Chunks taken and joined, not yet handed on.
+    pending_error: Option<std::io::Error>,
+    /// Pieces taken and joined, not yet handed on.
     held: bytes::BytesMut,
-    /// Turns given to the board's connection since the last piece was handed on.
-    turns: u8,
-    /// The turn under way: set once the tasks queued before it have run.
-    turn: Option<Arc<AtomicBool>>,
 }
 
 impl Tracked {
@@ -389,11 +380,8 @@ impl Tracked {
 /// that a slow client does not make the gateway hold much.
 const COALESCE_MAX: usize = 64 * 1024;
 
-/// Most turns given to the board's connection before what was joined is handed on anyway.
-const MAX_TURNS: u8 = 32;
-
 impl Tracked {
-    fn cut(&mut self, e: reqwest::Error) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn cut(&mut self, e: std::io::Error) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         // The board went away mid-answer: nothing to retry; the client sees the cut.
         if let Some(slot) = &self.slot {
             tracing::warn!(board = %slot.board, error = %e, "gateway: answer cut by the board");
@@ -403,28 +391,7 @@ impl Tracked {
             }
         }
         self.finish();
-        Poll::Ready(Some(Err(std::io::Error::other(e))))
-    }
-
-    /// Lets the board's connection run before what was joined is handed on: hyper's client
-    /// hands a body over one chunk at a time, each only after the last was taken, though one
-    /// socket read often brought many. Taking a chunk woke the connection's task, so a wake-up
-    /// queued now comes after it has decoded what it held; a turn that brings nothing ends
-    /// the wait, so nothing waits for bytes the board has not sent. A turn costs a queued
-    /// wake-up where it saves a write to the client (`make bench-gateway`'s P5 measures the
-    /// gateway's CPU per request); `chunks_read_together_leave_together` pins the behaviour.
-    /// False outside a Tokio runtime.
-    fn give_turn(&mut self, cx: &Context<'_>) -> bool {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
-        self.turns += 1;
-        let done = Arc::new(AtomicBool::new(false));
-        self.turn = Some(done.clone());
-        let waker = cx.waker().clone();
-        runtime.spawn(async move {
-            done.store(true, Ordering::Release);
-            waker.wake();
-        });
-        true
+        Poll::Ready(Some(Err(e)))
     }
 
     /// What was joined, handed on as one piece.
@@ -441,9 +408,10 @@ impl Tracked {
     }
 }
 
-/// Each piece handed to the server is one write(v) to the client. Chunks the board's connection
-/// has already read are joined into one piece (see [`Tracked::give_turn`]); nothing waits for
-/// bytes the board has not sent yet.
+/// Each piece handed to the server is one write(v) to the client. Every piece of the board's
+/// answer that is ready is joined into one (`upstream::Body` yields one per socket read, so
+/// this matters when the client was slower than the board); nothing waits for bytes the board
+/// has not sent yet.
 impl Stream for Tracked {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -451,36 +419,18 @@ impl Stream for Tracked {
         if self.ended {
             return Poll::Ready(None);
         }
-        if let Some(turn) = &self.turn {
-            // Polled again before the turn came round (the server polls a body more than once
-            // per wake-up): the board's connection has not run yet.
-            if !turn.load(Ordering::Acquire) {
-                return Poll::Pending;
-            }
-            self.turn = None;
-        }
-        let mut got = false;
         if let Some(first) = self.first.take() {
             self.held.extend_from_slice(&first);
-            got = true;
         }
         while !self.upstream_done && self.pending_error.is_none() && self.held.len() < COALESCE_MAX {
             match self.rest.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    self.held.extend_from_slice(&chunk);
-                    got = true;
-                }
+                Poll::Ready(Some(Ok(chunk))) => self.held.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => self.pending_error = Some(e),
                 Poll::Ready(None) => self.upstream_done = true,
                 Poll::Pending => break,
             }
         }
         if !self.held.is_empty() {
-            let more_possible = !self.upstream_done && self.pending_error.is_none() && self.held.len() < COALESCE_MAX;
-            if got && more_possible && self.turns < MAX_TURNS && self.give_turn(cx) {
-                return Poll::Pending;
-            }
-            self.turns = 0;
             return self.release();
         }
         if let Some(e) = self.pending_error.take() {
@@ -524,11 +474,10 @@ fn token_counts(tail: &[u8]) -> (Option<u64>, Option<u64>) {
 mod tests {
     use super::*;
 
-    /// Chunks handed over the way hyper's client does it (one at a time, the next only after
-    /// the last was taken, by another task) leave as one piece, not one per chunk; and a
-    /// chunk that nothing follows yet is handed on without waiting for the next.
+    /// Pieces of the answer that are ready together leave as one write, and a piece that nothing
+    /// follows yet is handed on without waiting for the next.
     #[tokio::test(flavor = "current_thread")]
-    async fn chunks_read_together_leave_together() {
+    async fn ready_pieces_leave_together() {
         let gw = Gateway::new(super::super::Config::new("127.0.0.1:0".parse().unwrap(), "ns")).unwrap();
         let slot = Slot {
             gw: gw.clone(),
@@ -538,24 +487,20 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             reason: super::super::policy::Reason::LeastLoaded,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let (more_tx, mut more_rx) = tokio::sync::mpsc::channel::<()>(1);
-        tokio::spawn(async move {
-            for i in 0..10 {
-                tx.send(Bytes::from(format!("data: {i}\n\n"))).await.unwrap();
-            }
-            more_rx.recv().await;
-            tx.send(Bytes::from_static(b"data: late\n\n")).await.unwrap();
-        });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        for i in 0..10 {
+            tx.send(Bytes::from(format!("data: {i}\n\n"))).unwrap();
+        }
         let rest: Upstream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) }).boxed();
-        let mut body = tracked(gw, slot, None, rest, Instant::now());
+        let mut body = tracked(gw, slot, Some(Bytes::from_static(b"data: first\n\n")), rest, Instant::now());
         let first = body.next().await.unwrap().unwrap();
-        assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 20, "ten chunks in one piece: {first:?}");
-        more_tx.send(()).await.unwrap();
-        let late = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await.expect("not held back");
-        assert_eq!(late.unwrap().unwrap(), Bytes::from_static(b"data: late\n\n"));
-        assert!(body.next().await.is_none());
+        assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 22, "eleven pieces in one: {first:?}");
+        let late = tokio::spawn(async move { body.next().await.map(Result::unwrap) });
+        tokio::task::yield_now().await;
+        tx.send(Bytes::from_static(b"data: late\n\n")).unwrap();
+        drop(tx);
+        assert_eq!(late.await.unwrap(), Some(Bytes::from_static(b"data: late\n\n")));
     }
 
     #[test]

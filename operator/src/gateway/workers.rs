@@ -93,6 +93,7 @@ fn worker(listener: std::net::TcpListener, gw: Arc<Gateway>, stop: CancellationT
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(err)?;
     runtime.block_on(async move {
         CLIENT.with(|c| gw.new_client().map(|client| *c.borrow_mut() = Some(client)))?;
+        super::upstream::enable_pool();
         let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
         http::serve(listener, gw, stop).await
     })
