@@ -135,6 +135,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Client for the boards: connection pooling, no overall timeout (answers stream for long).
     pub http: reqwest::Client,
+    /// `Authorization` for proxied requests to boards (`Bearer <cluster token>`), made once.
+    pub board_auth: Option<axum::http::HeaderValue>,
     table: RwLock<Arc<Table>>,
     loads: Mutex<Loads>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
@@ -151,10 +153,16 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Self>, Error> {
         let http = client_for(&config)?;
+        let board_auth = config.cluster_token.as_ref().and_then(|t| {
+            let mut v = axum::http::HeaderValue::from_str(&format!("Bearer {t}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
         Ok(Arc::new(Self {
             config,
             metrics: Metrics::default(),
             http,
+            board_auth,
             table: RwLock::default(),
             loads: Mutex::default(),
             queues: Mutex::default(),

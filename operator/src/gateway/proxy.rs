@@ -86,14 +86,14 @@ fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
     if let Some(id) = request_id::current().and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
         h.insert(request_id::HEADER.clone(), id);
     }
-    match &gw.config.cluster_token {
-        Some(token) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-                h.insert(header::AUTHORIZATION, v);
-            }
+    match (&gw.config.cluster_token, &gw.board_auth) {
+        (Some(_), Some(v)) => {
+            h.insert(header::AUTHORIZATION, v.clone());
         }
+        // A token that cannot be a header value: the board refuses, as it would a wrong one.
+        (Some(_), None) => {}
         // No cluster token: boards that share the clients' keys still see the client's.
-        None => {
+        (None, _) => {
             if let Some(v) = client.get(header::AUTHORIZATION) {
                 h.insert(header::AUTHORIZATION, v.clone());
             }
@@ -455,9 +455,12 @@ impl Drop for Tracked {
     }
 }
 
-/// The last value of a `"name":<digits>` field in `text`.
+/// The last value of a `"name":<digits>` field in `text`. (A scan for the field's first byte
+/// from the end: `memmem::rfind` builds a searcher per call, which showed in the gateway's
+/// profile; the tail is at most a few KiB.)
 fn last_number(text: &[u8], field: &str) -> Option<u64> {
-    let at = memchr::memmem::rfind(text, field.as_bytes())? + field.len();
+    let field = field.as_bytes();
+    let at = memchr::memrchr_iter(*field.first()?, text).find(|&i| text[i..].starts_with(field))? + field.len();
     let rest = &text[at..];
     let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit());
     digits.fold(None, |n: Option<u64>, d| Some(n.unwrap_or(0).saturating_mul(10).saturating_add(u64::from(d - b'0'))))
