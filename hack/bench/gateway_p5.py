@@ -14,6 +14,12 @@ keep-alive connection sending streamed chat completions back to back (max_tokens
 TTFT = first SSE event with generated text; total = end of the stream. Rounds interleave the
 targets (the order rotates each round and concurrency), so drift hits all three alike.
 
+Two layouts, interleaved by round: "shared", every process on every core (the board, the proxy
+and the client compete for two cores, so a proxy's CPU also slows the board), and "pinned", the
+proxy (the operator, or nginx's master and workers) alone on the last core and the board and the
+load generator on the others, the way a gateway runs on another machine than the boards it
+fronts. The first shows what a proxy costs a saturated box; the second what it adds to a request.
+
 nginx: Debian's package (hack/bench/install-nginx.sh), started in the foreground with a generated
 config: `proxy_pass` to the agent over an upstream with `keepalive`, HTTP/1.1, `proxy_buffering
 off`, one worker per core, access log on (the gateway logs a line per request too).
@@ -35,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("ROCKCHIP_LLAMA_CACHE", Path.home() / ".cache" / "rockchip-llama"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
 TARGETS = ("direct", "gateway", "nginx")
+LAYOUTS = ("shared", "pinned")
 # Issue 10's targets: what the gateway may add over talking to the board directly.
 TARGET_P50_MS = 0.5
 TARGET_P99_MS = 2.0
@@ -87,6 +94,9 @@ def add_args(ap) -> None:
     g.add_argument("--p5-duration", type=float, default=3.0, help="measured seconds per run (default 3)")
     g.add_argument("--p5-warmup", type=float, default=0.5, help="seconds of load before each window (default 0.5)")
     g.add_argument("--p5-speedup", default="1000", help="RKLLM_SIM_SPEEDUP of the board (default 1000)")
+    g.add_argument("--p5-layouts", default=",".join(LAYOUTS),
+                   help="shared (all processes on all cores) and/or pinned (the proxy alone on the last core); "
+                        "default both")
     g.add_argument("--loadgen", default=str(TARGET / "release/rockchip-llama-loadgen"))
 
 
@@ -154,11 +164,34 @@ class Nginx:
                 self.proc.wait(5)
 
 
-def loadgen(args, url: str, concurrency: int) -> dict:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` and of its children (nginx's workers) to `cpus`. New threads inherit
+    their creator's mask, so a runtime's later blocking threads follow."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+            children = (task / "children").read_text().split()
+        except OSError:  # a thread that just ended
+            continue
+        for child in children:
+            pin(int(child), cpus)
+
+
+def layout_cpus(layout: str) -> dict[str, set[int]]:
+    """The CPUs of the proxies and of the board + load generator in a layout."""
+    every = os.sched_getaffinity(0)
+    if layout == "shared":
+        return {"proxy": set(every), "rest": set(every)}
+    last = max(every)
+    return {"proxy": {last}, "rest": set(every) - {last}}
+
+
+def loadgen(args, url: str, concurrency: int, cpus: set[int] | None = None) -> dict:
     cmd = [args.loadgen, "--url", f"{url}/v1/chat/completions", "--body", json.dumps(BODY),
            "--concurrency", str(concurrency), "--duration", str(args.p5_duration), "--warmup", str(args.p5_warmup)]
     r = subprocess.run(cmd, check=True, text=True, capture_output=True,
-                       timeout=args.p5_duration + args.p5_warmup + 120)
+                       timeout=args.p5_duration + args.p5_warmup + 120,
+                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     return json.loads(r.stdout)
 
 
@@ -225,6 +258,14 @@ def run(args, work: Path, cluster_cls) -> dict:
     if not os.access(args.loadgen, os.X_OK):
         raise SystemExit(f"{args.loadgen} missing: cargo build --release -p rockchip-llama-loadgen")
     concs = [int(c) for c in args.p5_concurrency.split(",")]
+    layouts = [x for x in args.p5_layouts.split(",") if x]
+    if unknown := set(layouts) - set(LAYOUTS):
+        raise SystemExit(f"--p5-layouts: unknown {sorted(unknown)} (known: {', '.join(LAYOUTS)})")
+    if "pinned" in layouts and len(os.sched_getaffinity(0)) < 2:
+        log("one CPU only: the pinned layout is skipped")
+        layouts.remove("pinned")
+    if not layouts:
+        raise SystemExit("--p5-layouts: nothing to run")
     env = {"RKLLM_SIM_SPEEDUP": args.p5_speedup, "TESTCLUSTER_GATEWAY_ARGS": GATEWAY_ARGS}
     t_start = time.monotonic()
     with cluster_cls(work, "p5", 1, env) as c:
@@ -245,29 +286,45 @@ def run(args, work: Path, cluster_cls) -> dict:
                 if not s["ok"] or s.get("errors"):
                     raise RuntimeError(f"{t} ({url}) does not answer: {s.get('error_examples')}")
             runs = []
-            total_runs = args.p5_rounds * len(concs) * len(TARGETS)
+            total_runs = args.p5_rounds * len(layouts) * len(concs) * len(TARGETS)
             for rnd in range(args.p5_rounds):
-                for ci, conc in enumerate(concs):
-                    k = (rnd + ci) % len(TARGETS)
-                    for t in TARGETS[k:] + TARGETS[:k]:
+                for layout in layouts:
+                    cpus = layout_cpus(layout)
+                    pin(board["pid"], cpus["rest"])
+                    pin(c.operator_pid(), cpus["proxy"])
+                    pin(ngx.proc.pid, cpus["proxy"])
+                    # Within a round the order of the paths rotates with the concurrency.
+                    order = [(conc, TARGETS[(rnd + ci + j) % len(TARGETS)])
+                             for ci, conc in enumerate(concs) for j in range(len(TARGETS))]
+                    for conc, t in order:
                         before = {name: f() for name, f in pids.items()}
-                        r = loadgen(args, urls[t], conc)
+                        r = loadgen(args, urls[t], conc, cpus["rest"])
                         cpu = {name: f() - before[name] for name, f in pids.items()}
                         ttft, total = sorted(r["ttft_us"]), sorted(r["total_us"])
-                        run = {"round": rnd, "concurrency": conc, "target": t, "rps": r["rps"],
+                        run = {"round": rnd, "layout": layout, "concurrency": conc, "target": t, "rps": r["rps"],
                                "sent": r["sent"], "errors": r["errors"],
                                "error_examples": r["error_examples"], "ttft_us": ttft, "total_us": total,
                                "ttft_p50_ms": (pct(ttft, .5) or 0) / 1000, "total_p50_ms": (pct(total, .5) or 0) / 1000,
                                "cpu_s": cpu}
                         runs.append(run)
-                        log(f"[{len(runs)}/{total_runs}] round {rnd + 1} c={conc:<3} {t:<8} {r['rps']:7.0f} req/s  "
+                        log(f"[{len(runs)}/{total_runs}] round {rnd + 1} {layout:<6} c={conc:<3} {t:<8} "
+                            f"{r['rps']:7.0f} req/s  "
                             f"TTFT p50 {run['ttft_p50_ms']:6.2f} p99 {(pct(ttft, .99) or 0) / 1000:6.2f} ms  "
                             f"total p50 {run['total_p50_ms']:6.2f} p99 {(pct(total, .99) or 0) / 1000:6.2f} ms"
                             + (f"  {r['errors']} errors: {r['error_examples'][:1]}" if r["errors"] else ""))
             nginx_version = ngx.version
-    result = summarize(runs, concs)
+    common = dict(concurrency=concs, rounds=args.p5_rounds, duration_s=args.p5_duration, warmup_s=args.p5_warmup,
+                  speedup=args.p5_speedup, gateway_args=GATEWAY_ARGS, body=BODY, nginx=nginx_version)
+    # The first layout is the top level (the schema older reports have); the others nest by name.
+    by_layout = {}
+    for layout in layouts:
+        part = summarize([r for r in runs if r["layout"] == layout], concs)
+        cpus = layout_cpus(layout)
+        part.update(common, layout=layout, cpus={k: sorted(v) for k, v in cpus.items()})
+        by_layout[layout] = part
+    result = by_layout[layouts[0]]
+    for layout in layouts[1:]:
+        result[layout] = by_layout[layout]
     result["runs"] = [{k: v for k, v in r.items() if k not in ("ttft_us", "total_us")} for r in runs]
-    result.update(concurrency=concs, rounds=args.p5_rounds, duration_s=args.p5_duration, warmup_s=args.p5_warmup,
-                  speedup=args.p5_speedup, gateway_args=GATEWAY_ARGS, body=BODY, nginx=nginx_version,
-                  nginx_conf=NGINX_CONF, seconds=round(time.monotonic() - t_start))
+    result.update(nginx_conf=NGINX_CONF, seconds=round(time.monotonic() - t_start))
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 P5_PNG = "gateway-p5.png"
+P5_PINNED_PNG = "gateway-p5-pinned.png"
 P6_PNG = "gateway-p6.png"
 
 
@@ -32,9 +33,10 @@ def plot_p5(p5: dict, png: Path) -> None:
     concs = [str(c) for c in p5["concurrency"]]
     paths = ("direct", "gateway", "nginx")
     by = p5["by_concurrency"]
+    where = ("the proxy alone on a core" if p5.get("layout") == "pinned" else "all processes on all cores")
     fig, ax = plots.figure(2, 3, width=15.5, height=8.6,
                            title=f"P5: the gateway's proxy overhead next to a direct connection and nginx "
-                                 f"(1 board, rkllm-sim × {p5['speedup']}, {p5['rounds']} rounds pooled)")
+                                 f"(1 board, rkllm-sim × {p5['speedup']}, {p5['rounds']} rounds pooled; {where})")
     for a, c in zip(ax[:3], concs):
         series = {}
         for t in paths:
@@ -138,7 +140,8 @@ def plot_p6(p6: dict, png: Path) -> None:
 # === report ===
 
 
-def p5_section(p5: dict) -> str:
+def p5_rows(p5: dict) -> str:
+    """P5's table, its paired-round ranges and the targets' verdicts, for one layout."""
     concs = [str(c) for c in p5["concurrency"]]
     rows = []
     for c in concs:
@@ -158,30 +161,7 @@ def p5_section(p5: dict) -> str:
     ng = [p5["by_concurrency"][c]["nginx"]["added_ms"] for c in concs]
     worst = lambda rows, k: max(r[k] for r in rows)  # noqa: E731
     mr = p5["max_rps"]
-    notes = []
-    direct1 = p5["by_concurrency"][concs[0]]["direct"]
-    if direct1["total_ms"]["p50"] >= 30 and direct1["ttft_ms"]["p50"] < 10:
-        notes.append(
-            f"- **The agent shows the same stall at the end of every answer**: direct, the first token comes after "
-            f"{f(direct1['ttft_ms']['p50'])} ms but the stream ends after {f(direct1['total_ms']['p50'])} ms "
-            "(p50, 1 client), although the simulated generation takes well under a millisecond; its listener "
-            "(axum as well) does not set `TCP_NODELAY` either. It hits all three paths alike, so it cancels out of "
-            "the added latencies, but it caps one client at ~1 / 44 ms ≈ 23 requests/s and hides sub-millisecond "
-            "differences in the totals.")
-    top = concs[-1]
-    gcpu = p5["by_concurrency"][top]["gateway"]["cpu_us_per_request"].get("operator")
-    ncpu = p5["by_concurrency"][top]["nginx"]["cpu_us_per_request"].get("nginx")
-    if gcpu and ncpu and gcpu > 2 * ncpu:
-        notes.append(
-            f"- **The gateway also costs more CPU**: {gcpu:.0f} µs per request at {top} clients against nginx's "
-            f"{ncpu:.0f} µs ({gcpu / ncpu:.1f}×). On two shared cores that CPU comes out of the agent's and the "
-            f"client's share, which is why its throughput at {top} clients is {mr['gateway']:.0f} requests/s "
-            f"against nginx's {mr['nginx']:.0f}, and why what it adds grows with the number of clients.")
-    lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
-             ("direct", "gateway", "nginx"))
-    return f"""## P5: proxy overhead
-{provenance(p5)}
-| clients | path | req/s | TTFT ms p50 / p99 | total ms p50 / p99 | added TTFT ms p50 / p99 | added total ms p50 / p99 | proxy CPU µs/req | agent CPU µs/req | requests |
+    return f"""| clients | path | req/s | TTFT ms p50 / p99 | total ms p50 / p99 | added TTFT ms p50 / p99 | added total ms p50 / p99 | proxy CPU µs/req | agent CPU µs/req | requests |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
@@ -196,7 +176,76 @@ nginx {mr['nginx']:.0f} requests/s.
 | gateway adds ≤ 0.5 ms at p50 | TTFT {f(worst(gw, 'ttft_p50'))} ms, total {f(worst(gw, 'total_p50'))} ms | {verdict(v['gateway_p50_ok'])} |
 | gateway adds ≤ 2 ms at p99 | TTFT {f(worst(gw, 'ttft_p99'))} ms, total {f(worst(gw, 'total_p99'))} ms | {verdict(v['gateway_p99_ok'])} |
 | gateway at least as fast as nginx | nginx adds TTFT p50 {f(worst(ng, 'ttft_p50'))} ms; max req/s gateway {mr['gateway']:.0f} vs nginx {mr['nginx']:.0f} | {verdict(v['gateway_vs_nginx_ok'])} |
+"""
 
+
+def p5_pinned(p5: dict) -> str:
+    """The pinned layout's subsection (absent from reports made before it existed)."""
+    pinned = p5.get("pinned")
+    if not pinned:
+        return ""
+    cpus = pinned.get("cpus") or {}
+    proxy = ", ".join(str(c) for c in cpus.get("proxy", []))
+    rest = ", ".join(str(c) for c in cpus.get("rest", []))
+    concs = [str(c) for c in pinned["concurrency"]]
+    below = [c for c in concs if (pinned["by_concurrency"][c]["gateway"].get("added_ms") or {}).get("ttft_p50", 0) < 0]
+    note = ""
+    if below:
+        rps = ", ".join(f"{pinned['by_concurrency'][c]['gateway']['rps']:.0f} vs {pinned['by_concurrency'][c]['direct']['rps']:.0f}"
+                        for c in below)
+        note = (f"\nBelow zero at {', '.join(below)} clients: through the gateway the board answered slightly more "
+                f"requests per second than straight ({rps}), with the same CPU per request; what the gateway adds "
+                "there is below what this setup resolves, not a gain to count on.\n")
+    return f"""
+### The proxy on a core of its own
+
+The same runs, interleaved with those above, with the proxy under test (the operator process, or
+nginx's master and workers) pinned to CPU {proxy} and the board and the load generator to CPU {rest}:
+the proxy no longer takes CPU from the board, as when the gateway runs on another machine than the
+boards. What it adds is then its own work on a request, not the board's slowdown.
+
+{p5_rows(pinned)}{note}
+![P5 with the proxy alone on a core: TTFT distributions, added TTFT against the targets, throughput, proxy CPU]({P5_PINNED_PNG})
+"""
+
+
+def p5_section(p5: dict) -> str:
+    concs = [str(c) for c in p5["concurrency"]]
+    mr = p5["max_rps"]
+    notes = []
+    direct1 = p5["by_concurrency"][concs[0]]["direct"]
+    if direct1["total_ms"]["p50"] >= 30 and direct1["ttft_ms"]["p50"] < 10:
+        notes.append(
+            f"- **The agent shows the same stall at the end of every answer**: direct, the first token comes after "
+            f"{f(direct1['ttft_ms']['p50'])} ms but the stream ends after {f(direct1['total_ms']['p50'])} ms "
+            "(p50, 1 client), although the simulated generation takes well under a millisecond; its listener "
+            "(axum as well) does not set `TCP_NODELAY` either. It hits all three paths alike, so it cancels out of "
+            "the added latencies, but it caps one client at ~1 / 44 ms ≈ 23 requests/s and hides sub-millisecond "
+            "differences in the totals.")
+    top = concs[-1]
+    gcpu = p5["by_concurrency"][top]["gateway"]["cpu_us_per_request"].get("operator")
+    ncpu = p5["by_concurrency"][top]["nginx"]["cpu_us_per_request"].get("nginx")
+    if gcpu and ncpu and ncpu < gcpu <= 2 * ncpu:
+        notes.append(
+            f"- **CPU per request**: the gateway {gcpu:.0f} µs at {top} clients, nginx {ncpu:.0f} µs "
+            f"({gcpu / ncpu:.1f}×). The gateway does more per request than pass bytes on: it reads the body "
+            "to find the model, picks a board by its load, counts metrics per model and board and reads the "
+            "answer's token counts. On two shared cores that CPU comes out of the agent's and the client's "
+            f"share; here its throughput is {mr['gateway']:.0f} requests/s against nginx's {mr['nginx']:.0f}.")
+    if gcpu and ncpu and gcpu > 2 * ncpu:
+        notes.append(
+            f"- **The gateway also costs more CPU**: {gcpu:.0f} µs per request at {top} clients against nginx's "
+            f"{ncpu:.0f} µs ({gcpu / ncpu:.1f}×). On two shared cores that CPU comes out of the agent's and the "
+            f"client's share, which is why its throughput at {top} clients is {mr['gateway']:.0f} requests/s "
+            f"against nginx's {mr['nginx']:.0f}, and why what it adds grows with the number of clients.")
+    lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
+             ("direct", "gateway", "nginx"))
+    where = ("" if p5.get("layout") != "shared" else
+             "\nAll processes on all cores: the board, the proxy and the load generator compete for the same "
+             "CPUs, so a proxy's CPU also slows the board. The next section pins the proxy to a core of its own.\n")
+    return f"""## P5: proxy overhead
+{provenance(p5)}{where}
+{p5_rows(p5)}
 ![P5: TTFT distributions per path and concurrency, added TTFT against the targets, throughput, proxy CPU](gateway-p5.png)
 
 {chr(10).join(notes)}
@@ -205,14 +254,14 @@ Setup: 1 board, rkllm-sim × {p5['speedup']} (`RKLLM_SIM_SPEEDUP`), ModelDeploym
 `{p5['gateway_args']}` (it never holds a request back), agent defaults (`--parallel 1`, `--max-queue 64`).
 Load: `hack/loadgen` (Rust, hyper, one thread), N clients each on one keep-alive connection sending
 `{p5['body']['messages'][0]['content']}` streamed with max_tokens {p5['body']['max_tokens']}, back to back; TTFT = the first SSE event
-with text, total = the end of the stream. {p5['rounds']} rounds × {len(concs)} concurrencies × 3 paths, each run
+with text, total = the end of the stream. {p5['rounds']} rounds × {1 + bool(p5.get('pinned'))} layout(s) × {len(concs)} concurrencies × 3 paths, each run
 {p5['warmup_s']} s warm-up + {p5['duration_s']} s measured; within a round the order of the paths rotates. nginx:
 {p5['nginx']}, `worker_processes auto`, upstream `keepalive 256`, `proxy_http_version 1.1`,
 `proxy_buffering off`, access log on (the gateway logs each request too). CPU per request from
 `/proc/<pid>/stat` around each run, divided by the requests sent (warm-up included): the gateway's is
 the whole operator process (its controller is idle here; at 1 client the idle work of every process
 weighs on few requests). The load generator used at most {lg:.0f} µs of CPU per request.
-"""
+{p5_pinned(p5)}"""
 
 
 def provenance(part: dict) -> str:
@@ -467,6 +516,8 @@ def write(result: dict, out: Path) -> None:
     else:
         if "p5" in result:
             plot_p5(result["p5"], out / P5_PNG)
+            if result["p5"].get("pinned"):
+                plot_p5(result["p5"]["pinned"], out / P5_PINNED_PNG)
         if "p6" in result:
             plot_p6(result["p6"], out / P6_PNG)
     (out / "gateway.md").write_text(markdown(result) + "".join(f"\n_{n}_\n" for n in notes))

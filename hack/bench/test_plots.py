@@ -23,7 +23,7 @@ MAX_PNG = 200_000  # bytes: keep the repository light
 REPORTS = [
     (["bench.py", "--render"], "results.json", "README.md", ["agent-vs-llama-server.png"]),
     (["npu_bench.py", "--render"], "npu.json", "npu.md", ["npu.png"]),
-    (["gateway_bench.py", "--render"], "gateway.json", "gateway.md", ["gateway-p5.png", "gateway-p6.png"]),
+    (["gateway_bench.py", "--render"], "gateway.json", "gateway.md", ["gateway-p5.png", "gateway-p5-pinned.png", "gateway-p6.png"]),
     (["p7_distribution.py", "--render"], "distribution.json", "distribution.md", ["distribution.png"]),
     (["p8_controller_scale.py", "--replot"], "controller-scale.json", "controller-scale.md",
      ["controller-scale.png"]),
