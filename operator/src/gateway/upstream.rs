@@ -18,7 +18,7 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -110,8 +110,8 @@ pub fn encode_request(method: &str, authority: &str, path: &str, headers: &Heade
     out
 }
 
-/// Idle connections by `host:port`, each with the moment it went idle.
-type Idle = HashMap<String, Vec<(TcpStream, Instant)>>;
+/// Idle connections by `host:port`, each with the moment it went idle, oldest first.
+type Idle = HashMap<String, VecDeque<(TcpStream, Instant)>>;
 
 thread_local! {
     /// The serving thread's idle connections by `host:port`; `None` outside the gateway's
@@ -125,26 +125,32 @@ pub fn enable_pool() {
     POOL.with(|p| *p.borrow_mut() = Some(HashMap::new()));
 }
 
+/// The most recently used idle connection (the likeliest to be open still and warm).
 fn checkout(authority: &str) -> Option<TcpStream> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let idle = p.as_mut()?.get_mut(authority)?;
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT {
-                return Some(conn);
-            }
+        let (conn, since) = idle.pop_back()?;
+        // Newest last: if this one is too old, so are all the others.
+        if since.elapsed() < IDLE_TIMEOUT {
+            Some(conn)
+        } else {
+            idle.clear();
+            None
         }
-        None
     })
 }
 
 fn checkin(authority: String, conn: TcpStream) {
     POOL.with(|p| {
         if let Some(pool) = p.borrow_mut().as_mut() {
+            let now = Instant::now();
             let idle = pool.entry(authority).or_default();
-            idle.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+            while idle.front().is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT) {
+                idle.pop_front();
+            }
             if idle.len() < MAX_IDLE {
-                idle.push((conn, Instant::now()));
+                idle.push_back((conn, now));
             }
         }
     });
