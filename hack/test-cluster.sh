@@ -55,7 +55,7 @@ log "cluster 2 of 2: the gateway"
 unset TESTCLUSTER_BOARD_SOCS TESTCLUSTER_BOARD_MEM_GIB TESTCLUSTER_STORE_BUDGET
 export TESTCLUSTER_REQUIRE_TOKEN=1
 export TESTCLUSTER_GATEWAY_KEYS=$'gw-test-key\ngw-limited-key smollm2'
-export TESTCLUSTER_GATEWAY_ARGS="--queue-depth 4"
+export TESTCLUSTER_GATEWAY_ARGS="--queue-depth 4 --gateway-workers 2"
 hack/testcluster.sh up --boards 3 >"$WORK/up.out"
 cat "$WORK/up.out"
 KUBECONFIG="$(sed -n 's/^KUBECONFIG=//p' "$WORK/up.out")"

@@ -229,7 +229,9 @@ def main() -> None:
         fail("the compatibility suite failed through the gateway")
     log(f"ok - openai and ollama clients' compatibility suite through the gateway ({time.monotonic() - t0:.0f} s)")
 
-    # 4. PrefixAffinity.
+    # 4. PrefixAffinity (25 requests one after another, which also shows the gateway keeping its
+    # connections to the boards: hack/test-cluster.sh runs it with 2 serving threads).
+    opened_before = gw_metric("rockchip_llama_gateway_board_connections_opened_total", {})
     convo = [{"role": "system", "content": "You are a terse assistant for gardeners."}]
     seen = set()
     for turn in range(5):
@@ -252,7 +254,12 @@ def main() -> None:
     if set(spread) != set(boards):
         fail(f"20 conversations did not use every board: {spread}")
     hits = gw_metric("rockchip_llama_gateway_routing_decisions_total", {"policy": "PrefixAffinity", "reason": "affinity_hit"})
-    log(f"ok - PrefixAffinity: 5 turns on {seen.pop()}; 20 conversations spread {spread}; affinity hits counted: {hits:.0f}")
+    opened = gw_metric("rockchip_llama_gateway_board_connections_opened_total", {}) - opened_before
+    if opened > 2 * len(boards):
+        fail(f"25 requests one after another opened {opened:.0f} connections to the boards (kept: at most one per "
+             f"board and serving thread, {2 * len(boards)})")
+    log(f"ok - PrefixAffinity: 5 turns on {seen.pop()}; 20 conversations spread {spread}; affinity hits counted: {hits:.0f}; "
+        f"{opened:.0f} board connections opened for 25 requests")
 
     # 5. LeastLoad under a skewed load: board-1 busy with direct requests (1 running, 3 waiting).
     long_body = chat_body("smollm2", "Write a long story about a fox.", max_tokens=200)

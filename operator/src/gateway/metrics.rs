@@ -28,6 +28,7 @@ pub struct Metrics {
     queue_wait: Family<Labels, Histogram, fn() -> Histogram>,
     queued: Family<Labels, Gauge>,
     disconnects: Family<Labels, Counter>,
+    connections: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +45,7 @@ impl Default for Metrics {
             queue_wait: Family::new_with_constructor(latency),
             queued: Family::default(),
             disconnects: Family::default(),
+            connections: Family::default(),
             registry: Registry::default(),
         };
         r.register("requests", "Proxied requests by model, board and HTTP status", m.requests.clone());
@@ -56,6 +58,11 @@ impl Default for Metrics {
         r.register("queue_wait_seconds", "Time requests waited for a free board", m.queue_wait.clone());
         r.register("queued_requests", "Requests waiting for a free board now", m.queued.clone());
         r.register("client_disconnects", "Clients gone before the answer ended", m.disconnects.clone());
+        r.register(
+            "board_connections_opened",
+            "Connections opened to a board for proxied requests (the rest reused a kept one)",
+            m.connections.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -105,6 +112,10 @@ impl Metrics {
 
     pub fn disconnect(&self, model: &str, board: &str) {
         self.disconnects.get_or_create(&l(&[("model", model), ("board", board)])).inc();
+    }
+
+    pub fn connection_opened(&self, board: &str) {
+        self.connections.get_or_create(&l(&[("board", board)])).inc();
     }
 
     /// The text exposition format.

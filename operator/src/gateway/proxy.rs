@@ -104,10 +104,13 @@ fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
 
 async fn attempt(gw: &Gateway, slot: &Slot, path: &str, headers: HeaderMap, body: Bytes) -> Result<Committed, Failed> {
     let failed = |cause, e: &dyn std::fmt::Display| Failed { cause, detail: e.to_string(), answer: None };
-    let upstream::Answer { status, headers, body } =
+    let upstream::Answer { status, headers, body, opened } =
         upstream::send(&slot.endpoint, "POST", path, &headers, &body, gw.config.connect_timeout)
             .await
             .map_err(|e| Failed { cause: e.cause, detail: e.detail, answer: None })?;
+    if opened {
+        gw.metrics.connection_opened(&slot.board);
+    }
     if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND) {
         let bytes = body.collect(REFUSAL_MAX).await.unwrap_or_default();
         let cause = match status {

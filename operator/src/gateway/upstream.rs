@@ -64,6 +64,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Body,
+    /// The request went on a connection opened for it (not a kept one).
+    pub opened: bool,
 }
 
 /// `host:port` and the path prefix of an `http://` endpoint.
@@ -197,7 +199,7 @@ pub async fn send(
         }
         .await;
         match exchanged {
-            Ok(head) => return answer(head, conn, buf, key, method),
+            Ok(head) => return answer(head, conn, buf, key, method, !reused),
             // Nothing came back on a kept connection: it was closed while idle.
             Err((_, true)) if reused => continue,
             Err((e, _)) => return Err(SendError::send(format!("{authority}: {e}"))),
@@ -261,11 +263,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     Ok(Some(Head { status, headers, keep_alive }))
 }
 
-fn answer(head: Head, conn: TcpStream, buf: BytesMut, key: String, method: &str) -> Result<Answer, SendError> {
+fn answer(
+    head: Head,
+    conn: TcpStream,
+    buf: BytesMut,
+    key: String,
+    method: &str,
+    opened: bool,
+) -> Result<Answer, SendError> {
     let framing = Framing::for_answer(method, head.status, &head.headers).map_err(SendError::send)?;
     let reusable = head.keep_alive && !matches!(framing, Framing::Close);
     let body = Body { conn: Some(conn), buf, framing, reusable, key, finished: false };
-    Ok(Answer { status: head.status, headers: head.headers, body })
+    Ok(Answer { status: head.status, headers: head.headers, body, opened })
 }
 
 /// How an answer's body ends, and where the decoder is in it.

@@ -149,23 +149,24 @@ async fn board(close_after: usize) -> (String, tokio::sync::mpsc::UnboundedRecei
     (endpoint, rx)
 }
 
-async fn ask(endpoint: &str) -> (StatusCode, Vec<Bytes>) {
+async fn ask(endpoint: &str) -> (StatusCode, Vec<Bytes>, bool) {
     let mut h = HeaderMap::new();
     h.insert("x-request-id", HeaderValue::from_static("r1"));
     let a =
         send(endpoint, "POST", "/v1/chat/completions", &h, b"{\"model\":\"m\"}", Duration::from_secs(2)).await.unwrap();
     assert_eq!(a.headers["content-type"], "text/event-stream");
     let pieces = a.body.map(Result::unwrap).collect().await;
-    (a.status, pieces)
+    (a.status, pieces, a.opened)
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_streamed_answer_leaves_as_it_was_read_and_the_connection_is_kept() {
     enable_pool();
     let (endpoint, mut accepted) = board(usize::MAX).await;
-    for _ in 0..3 {
-        let (status, pieces) = ask(&endpoint).await;
+    for i in 0..3 {
+        let (status, pieces, opened) = ask(&endpoint).await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(opened, i == 0, "request {i}");
         // What one read brought leaves together: the two events the board wrote at once are one
         // piece (the last may join them if this side was slow to read).
         assert!(pieces[0].starts_with(b"data: a\ndata: b\n"), "{pieces:?}");
@@ -180,8 +181,9 @@ async fn a_kept_connection_the_board_closed_is_replaced() {
     enable_pool();
     let (endpoint, mut accepted) = board(1).await;
     for _ in 0..3 {
-        let (_, pieces) = ask(&endpoint).await;
+        let (_, pieces, opened) = ask(&endpoint).await;
         assert_eq!(pieces.concat(), b"data: a\ndata: b\ndata: c\n");
+        assert!(opened, "the kept one was closed: a new connection each time");
         // Let the board's close arrive before the connection is taken again.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
