@@ -458,22 +458,36 @@ impl Drop for Tracked {
     }
 }
 
-/// The last value of a `"name":<digits>` field in `text`. (A scan for the field's first byte
-/// from the end: `memmem::rfind` builds a searcher per call, which showed in the gateway's
-/// profile; the tail is at most a few KiB.)
-fn last_number(text: &[u8], field: &str) -> Option<u64> {
-    let field = field.as_bytes();
-    let at = memchr::memrchr_iter(*field.first()?, text).find(|&i| text[i..].starts_with(field))? + field.len();
-    let rest = &text[at..];
+/// The number after a field's colon (`null` or anything else: none).
+fn number_at(rest: &[u8]) -> Option<u64> {
     let digits = rest.iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_digit());
     digits.fold(None, |n: Option<u64>, d| Some(n.unwrap_or(0).saturating_mul(10).saturating_add(u64::from(d - b'0'))))
 }
 
-/// (prompt, completion) tokens from the end of an answer: OpenAI's `usage` or Ollama's counts.
+/// (prompt, completion) tokens from the end of an answer: OpenAI's `usage` (preferred) or
+/// Ollama's counts, each the field's last value. One backward pass over the colons, stopping
+/// once OpenAI's pair is found (it comes last in an answer): this runs once per request, and
+/// four searches over the whole tail showed in the gateway's profile.
 fn token_counts(tail: &[u8]) -> (Option<u64>, Option<u64>) {
-    let prompt = last_number(tail, "\"prompt_tokens\":").or_else(|| last_number(tail, "\"prompt_eval_count\":"));
-    let completion = last_number(tail, "\"completion_tokens\":").or_else(|| last_number(tail, "\"eval_count\":"));
-    (prompt, completion)
+    const PROMPT: [&[u8]; 2] = [b"\"prompt_tokens\":", b"\"prompt_eval_count\":"];
+    const COMPLETION: [&[u8]; 2] = [b"\"completion_tokens\":", b"\"eval_count\":"];
+    let mut prompt: [Option<Option<u64>>; 2] = [None; 2];
+    let mut completion: [Option<Option<u64>>; 2] = [None; 2];
+    for colon in memchr::memrchr_iter(b':', tail) {
+        let (head, rest) = tail.split_at(colon + 1);
+        for (found, names) in [(&mut prompt, &PROMPT), (&mut completion, &COMPLETION)] {
+            for (slot, name) in found.iter_mut().zip(names) {
+                if slot.is_none() && head.ends_with(name) {
+                    *slot = Some(number_at(rest));
+                }
+            }
+        }
+        if matches!((prompt[0], completion[0]), (Some(Some(_)), Some(Some(_)))) {
+            break;
+        }
+    }
+    let pick = |v: [Option<Option<u64>>; 2]| v[0].flatten().or(v[1].flatten());
+    (pick(prompt), pick(completion))
 }
 
 #[cfg(test)]
@@ -519,5 +533,9 @@ data: [DONE]
         let ollama = br#"{"model":"m","done":true,"prompt_eval_count":30,"eval_count":5}"#;
         assert_eq!(token_counts(ollama), (Some(30), Some(5)), "prompt_eval_count is not eval_count");
         assert_eq!(token_counts(b"data: {\"choices\":[]}\n"), (None, None));
+        let twice = br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}} {"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(token_counts(twice), (Some(3), Some(4)), "the last values");
+        let both = br#"{"prompt_eval_count":9,"eval_count":8,"usage":{"prompt_tokens":null,"completion_tokens":5}}"#;
+        assert_eq!(token_counts(both), (Some(9), Some(5)), "OpenAI's first, Ollama's where OpenAI's is null");
     }
 }
