@@ -11,7 +11,7 @@
 #                        build of the agent and the operator), then
 #                        each binary run inside its image as its user
 #
-# docs/development.md, "Container images", has the details and the measured times.
+# docs/images.md has the details and the measured times.
 
 IMAGE_DIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 IMAGE_REPO_ROOT := $(abspath $(IMAGE_DIR)/../..)
