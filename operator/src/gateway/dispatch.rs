@@ -43,7 +43,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gw.loads().board(&self.board).finish(&self.model);
+        self.gw.loads().board(&self.board).finish(&self.model, std::time::Instant::now());
         self.gw.count_inflight(&self.route_key, false);
         self.gw.wake(&self.route_key);
     }

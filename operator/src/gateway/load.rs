@@ -8,6 +8,12 @@
 //! requests and clients that call the board directly. Requests sent since the last report count
 //! at once, through the in-flight count, so a burst between two polls is spread out.
 //!
+//! A report can still count a request this gateway has already seen end: the board took its
+//! snapshot before the request ended, or the board releases a slot a moment after the answer's
+//! last byte. Counted as "other work", such a request would make its board look busy for a
+//! whole poll interval, and a conversation's next turn would leave its warm board. So requests
+//! that ended up to [`REPORT_LAG`] before the poll was sent are subtracted too.
+//!
 //! Health: consecutive failures (connect errors, cut connections, failed polls) eject a board
 //! after `eject_after`; it stays out for a back-off (1 s, doubling per ejection in a row, at most
 //! 32 s), then the next poll is its recovery probe: a good answer brings it back.
@@ -35,6 +41,12 @@ pub struct ModelLoad {
     pub slots: u32,
 }
 
+/// How long before a poll is sent a request may have ended and still be in the board's report.
+pub const REPORT_LAG: Duration = Duration::from_millis(100);
+
+/// Most end times kept per board and model between two polls.
+const MAX_ENDED: usize = 4096;
+
 /// Longest time out after an ejection.
 const MAX_EJECTION: Duration = Duration::from_secs(32);
 
@@ -45,6 +57,9 @@ pub struct BoardLoad {
     in_flight: HashMap<String, u32>,
     /// Work on the board that is not this gateway's, by model, from the last report.
     others: HashMap<String, u32>,
+    /// When this gateway's recent requests ended, by model (kept for [`REPORT_LAG`] past the
+    /// last poll's sending).
+    ended: HashMap<String, Vec<Instant>>,
     /// Failures in a row.
     failures: u32,
     /// Ejections in a row (reset by a success).
@@ -73,8 +88,14 @@ impl BoardLoad {
         *self.in_flight.entry(model.to_owned()).or_default() += 1;
     }
 
-    pub fn finish(&mut self, model: &str) {
+    pub fn finish(&mut self, model: &str, now: Instant) {
         if let Some(n) = self.in_flight.get_mut(model) {
+            let ended = self.ended.entry(model.to_owned()).or_default();
+            // Polls prune this; a board no poll reaches (none due) must not make it grow.
+            if ended.len() >= MAX_ENDED {
+                ended.drain(..MAX_ENDED / 2);
+            }
+            ended.push(now);
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.in_flight.remove(model);
@@ -82,12 +103,22 @@ impl BoardLoad {
         }
     }
 
-    /// A fresh report: the board's work minus this gateway's own share.
-    pub fn on_report(&mut self, report: &LoadReport) {
+    /// A fresh report, from a poll sent at `sent`: the board's work minus this gateway's own
+    /// share (in flight now, or ended so recently that the report may still count it).
+    pub fn on_report(&mut self, report: &LoadReport, sent: Instant) {
+        let since = sent.checked_sub(REPORT_LAG).unwrap_or(sent);
+        for times in self.ended.values_mut() {
+            times.retain(|t| *t >= since);
+        }
+        self.ended.retain(|_, times| !times.is_empty());
+        let own = |name: &str| {
+            let ended = self.ended.get(name).map_or(0, Vec::len);
+            self.in_flight(name) + u32::try_from(ended).unwrap_or(u32::MAX)
+        };
         self.others = report
             .models
             .iter()
-            .map(|m| (m.name.clone(), (m.running + m.waiting).saturating_sub(self.in_flight(&m.name))))
+            .map(|m| (m.name.clone(), (m.running + m.waiting).saturating_sub(own(&m.name))))
             .collect();
     }
 
@@ -163,15 +194,30 @@ mod tests {
         b.start("m");
         b.start("m");
         // The board sees our 2 and 1 from elsewhere.
-        b.on_report(&report("m", 1, 2));
+        let t0 = Instant::now();
+        b.on_report(&report("m", 1, 2), t0);
         assert_eq!((b.in_flight("m"), b.others("m")), (2, 1));
-        b.finish("m");
-        b.finish("m");
-        b.finish("m");
+        b.finish("m", t0);
+        b.finish("m", t0);
+        b.finish("m", t0);
         assert_eq!(b.in_flight("m"), 0, "never below zero");
-        b.on_report(&report("m", 0, 0));
+        b.on_report(&report("m", 0, 0), t0);
         assert_eq!(b.others("m"), 0);
         assert_eq!(b.others("unknown"), 0);
+    }
+
+    /// A request that ended just before (or while) the board was polled may still be in its
+    /// report; it is not someone else's work. Long enough before the poll, it is gone.
+    #[test]
+    fn a_request_that_just_ended_is_not_other_work() {
+        let mut b = BoardLoad::default();
+        let t0 = Instant::now();
+        b.start("m");
+        b.finish("m", t0);
+        b.on_report(&report("m", 1, 0), t0 + REPORT_LAG / 2);
+        assert_eq!(b.others("m"), 0, "the board had not released our slot yet");
+        b.on_report(&report("m", 1, 0), t0 + REPORT_LAG * 2);
+        assert_eq!(b.others("m"), 1, "long after our request: someone else's");
     }
 
     #[test]

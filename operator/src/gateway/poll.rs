@@ -55,6 +55,7 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
         if boards.is_empty() {
             continue;
         }
+        let sent = Instant::now();
         let results =
             join_all(boards.iter().map(|(b, e)| async { (b.clone(), poll_one(&gw, e, timeout).await) })).await;
         let now = Instant::now();
@@ -67,7 +68,7 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
                         tracing::info!(%board, "gateway: board answers again; back in routing");
                     }
                     b.on_success();
-                    b.on_report(&report);
+                    b.on_report(&report, sent);
                 }
                 Err(error) => {
                     if b.on_failure(now, gw.config.eject_after) {
