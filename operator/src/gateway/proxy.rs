@@ -86,17 +86,13 @@ fn upstream_headers(gw: &Gateway, client: &HeaderMap) -> HeaderMap {
     if let Some(id) = request_id::current().and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
         h.insert(request_id::HEADER.clone(), id);
     }
-    match (&gw.config.cluster_token, &gw.board_auth) {
-        (Some(_), Some(v)) => {
+    if let Some(v) = &gw.board_auth {
+        h.insert(header::AUTHORIZATION, v.clone());
+    } else if gw.config.cluster_token.is_none() {
+        // No cluster token: boards that share the clients' keys still see the client's. (A token
+        // that cannot be a header value sends none: the board refuses, as it would a wrong one.)
+        if let Some(v) = client.get(header::AUTHORIZATION) {
             h.insert(header::AUTHORIZATION, v.clone());
-        }
-        // A token that cannot be a header value: the board refuses, as it would a wrong one.
-        (Some(_), None) => {}
-        // No cluster token: boards that share the clients' keys still see the client's.
-        (None, _) => {
-            if let Some(v) = client.get(header::AUTHORIZATION) {
-                h.insert(header::AUTHORIZATION, v.clone());
-            }
         }
     }
     h

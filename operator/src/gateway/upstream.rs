@@ -4,8 +4,8 @@
 //! Why not reqwest (hyper's client), which the gateway's other calls to boards still use: hyper
 //! runs every connection as a task of its own and hands the request's task each body chunk
 //! through a channel, one chunk per round trip between the two tasks, however many one socket
-//! read brought. For a streamed answer of a few tokens that was most of the gateway's CPU per
-//! request next to nginx's (`make bench-gateway`, P5). Here the body is read in the request's
+//! read brought; for streamed answers of a few tokens that showed in the gateway's CPU per
+//! request (`make bench-gateway`, P5, docs/bench/gateway.md). Here the body is read in the request's
 //! own poll: one socket read is decoded at once and leaves as one piece, with no other task, no
 //! channel and no wake-up in between. The client going away drops the body, which closes the
 //! connection, which aborts the generation on the board (the same as before).
@@ -158,9 +158,9 @@ fn checkin(authority: String, conn: TcpStream) {
     });
 }
 
-async fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, SendError> {
-    let addr = with_port(authority);
-    let conn = match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
+/// A new connection to `addr` (`host:port`).
+async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, SendError> {
+    let conn = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(SendError::connect(format!("connecting to {addr}: {e}"))),
         Err(_) => return Err(SendError::connect(format!("connecting to {addr}: no answer within {timeout:?}"))),
@@ -182,7 +182,8 @@ pub async fn send(
     connect_timeout: Duration,
 ) -> Result<Answer, SendError> {
     let (authority, base) = split_endpoint(endpoint)?;
-    let request = encode_request(method, authority, &format!("{base}{path}"), headers, body);
+    let full_path = if base.is_empty() { std::borrow::Cow::Borrowed(path) } else { format!("{base}{path}").into() };
+    let request = encode_request(method, authority, &full_path, headers, body);
     let key = with_port(authority);
     // A kept connection first; if the board had closed it, once more on a new one.
     let mut pooled = checkout(&key);
@@ -190,7 +191,7 @@ pub async fn send(
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
             Some(conn) => conn,
-            None => connect(authority, connect_timeout).await?,
+            None => connect(&key, connect_timeout).await?,
         };
         let mut buf = BytesMut::with_capacity(READ_SIZE);
         let exchanged = async {
