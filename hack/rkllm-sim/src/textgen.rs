@@ -10,7 +10,9 @@
 //! 2. role `tool` → `"The tool returned " + first 40 chars of the result` and then words;
 //! 3. the assembled prompt mentions `json` → one JSON object (filled from the last JSON Schema
 //!    object with `properties` found in the prompt, else `{"answer": "<word>"}`);
-//! 4. otherwise 12 + h%36 words from [`VOCAB`].
+//! 4. the user text asks for a length, `in N words` (any case, 1 ≤ N ≤ 4096) → N words, so a
+//!    benchmark can ask for long answers as a user would (rule 5 alone never exceeds 47 tokens);
+//! 5. otherwise 12 + h%36 words from [`VOCAB`].
 //!
 //! A thinking model first emits `<think>\n` + a few words + `\n</think>\n\n`. Word tokens are
 //! emitted whole (like a BPE vocabulary entry " because"); literal text (tool calls, JSON) goes
@@ -38,6 +40,8 @@ const PLAIN_WORDS: usize = 64;
 /// Answers have `MIN_WORDS + h % WORD_SPREAD` words.
 const MIN_WORDS: u64 = 12;
 const WORD_SPREAD: u64 = 36;
+/// The longest answer rule 4 gives, in words.
+const MAX_ASKED_WORDS: u64 = 4096;
 /// Characters of a tool result quoted back by rule 2.
 const TOOL_ECHO_CHARS: usize = 40;
 /// Shortest part of a tool name that triggers rule 1 (shorter parts like "get" match everything).
@@ -82,9 +86,21 @@ pub(crate) fn answer(inp: &AnswerInput<'_>) -> Vec<String> {
         };
         push_text(&mut out, &json);
     } else {
-        words.push(&mut out, MIN_WORDS + seed % WORD_SPREAD, true);
+        let n = asked_words(inp.user_text).unwrap_or(MIN_WORDS + seed % WORD_SPREAD);
+        words.push(&mut out, n, true);
     }
     out
+}
+
+/// Rule 4: N from the first `in N words` in `text` (any case), when 1 ≤ N ≤ [`MAX_ASKED_WORDS`].
+fn asked_words(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    lower.match_indices("in ").find_map(|(at, _)| {
+        let rest = &lower[at + 3..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().ok()?;
+        (rest[digits..].starts_with(" words") && (1..=MAX_ASKED_WORDS).contains(&n)).then_some(n)
+    })
 }
 
 /// A deterministic stream of vocabulary words.
@@ -250,6 +266,16 @@ mod tests {
         assert_eq!(answer(&input("k", schema, "")).concat(), r#"{"a": "sim", "n": 42, "ok": true}"#);
         let plain = answer(&input("k", "answer as json", "")).concat();
         assert!(plain.starts_with("{\"answer\": \"") && plain.ends_with("\"}"), "{plain}");
+    }
+
+    #[test]
+    fn asked_length_sets_the_word_count() {
+        assert_eq!(answer(&input("k", "p", "Explain tides in 128 words, please")).len(), 128);
+        assert_eq!(answer(&input("k", "p", "IN 3 WORDS: why?")).len(), 3);
+        assert_eq!(asked_words("in 0 words"), None);
+        assert_eq!(asked_words("in 5000 words"), None);
+        assert_eq!(asked_words("in twelve words"), None);
+        assert_eq!(asked_words("in 7 words, or else in 9 words"), Some(7), "the first match wins");
     }
 
     #[test]
