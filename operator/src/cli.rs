@@ -126,7 +126,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "ROCKCHIP_LLAMA_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 
-    /// Requests a board may hold beyond its slots (so it starts the next without a round trip).
+    /// PrefixAffinity: requests a board may hold beyond its slots, so a conversation waits for the
+    /// board that holds its cache. LeastLoad sends a board a request only into a free slot.
     #[arg(long, env = "ROCKCHIP_LLAMA_GATEWAY_BOARD_QUEUE", default_value_t = 1)]
     pub board_queue: u32,
 

@@ -383,6 +383,63 @@ async fn waiting_requests_are_served_in_arrival_order() {
     assert_eq!(order, (0..=12).map(|n| n.to_string()).collect::<Vec<_>>(), "first come, first served");
 }
 
+// The default config (`board_queue` 1): LeastLoad still sends a board a request only into a free
+// slot, so a waiting request goes to whichever board frees first; PrefixAffinity lets one more
+// wait on the board that holds its prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_load_binds_late_and_prefix_affinity_may_wait_on_its_board() {
+    let (a, ea) = fake_board("a", Mode::Gated).await;
+    let (b, eb) = fake_board("b", Mode::Gated).await;
+    let h = Arc::new(
+        start(
+            config(),
+            vec![
+                route("m", RoutingStrategy::LeastLoad, &[("a", &ea), ("b", &eb)], 2),
+                route("p", RoutingStrategy::PrefixAffinity, &[("a", &ea)], 1),
+            ],
+        )
+        .await,
+    );
+    let send = |model: &'static str, n: usize| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let body = json!({"model": model, "messages": [{"role": "user", "content": n.to_string()}]});
+            h.client.post(format!("{}/v1/chat/completions", h.url)).json(&body).send().await.unwrap().status()
+        })
+    };
+    let on = |f: &Fake| f.order.lock().unwrap().clone();
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(send("m", n));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(on(&a).len() + on(&b).len(), 2, "a third request waits at the gateway: {:?} {:?}", on(&a), on(&b));
+    // Free the board that took request 1: request 2 must go there, not queue behind request 0.
+    let (freed, other) = if on(&a) == ["1"] { (&a, &b) } else { (&b, &a) };
+    freed.gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(on(freed), ["1", "2"], "the waiting request went to the board that freed first");
+    assert_eq!(on(other), ["0"]);
+    freed.gate.add_permits(1);
+    other.gate.add_permits(1);
+    for s in sent.drain(..) {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+
+    // PrefixAffinity, one board with one slot: the second request waits on the board itself.
+    let before = on(&a).len();
+    sent.push(send("p", 7));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sent.push(send("p", 7));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(on(&a).len() - before, 2, "--board-queue 1 lets one more wait on the board");
+    a.gate.add_permits(2);
+    for s in sent {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+}
+
 #[tokio::test]
 async fn unknown_unplaced_unauthorised_and_forbidden_in_each_shape() {
     let (_a, ea) = fake_board("a", Mode::Answer).await;

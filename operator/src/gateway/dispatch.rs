@@ -1,13 +1,18 @@
 //! Choosing a board for one request, and holding it while the request runs.
 //!
-//! A board can take a request now when its load for the model is below its slots plus
-//! `board_queue` (a request or so waiting on the board, so it starts the next without waiting for
-//! a round trip to the gateway). The policy picks among every routable board; when its pick is
-//! full, LeastLoad and PrefixAffinity pick again among the boards that are not; RoundRobin sends
-//! to its turn anyway (a plain rotation, the baseline the others are measured against). When none can take it, the request waits
-//! in the model's queue: bounded in length (`queue_depth`, then 429 at once) and in time
-//! (`queue_timeout`, then 429 with Retry-After), first come first served (`queue.rs`). Each
-//! finished request, board report and table change wakes the first in line.
+//! A board can take a request now when its load for the model is below its slots; for
+//! PrefixAffinity also when it is below its slots plus `board_queue`, so a conversation may wait
+//! on the board that holds its cache rather than recompute its prefix elsewhere. LeastLoad binds
+//! late: a request waits at the gateway until a slot is free and then goes to whichever board
+//! freed first. Queued on a board it could only wait behind whatever that board was given, a long
+//! generation included, while another board freed up; on RK3588 a request holds a board for
+//! seconds, against a millisecond for the round trip late binding costs. The policy picks among
+//! every routable board; when its pick is full, LeastLoad and PrefixAffinity pick again among the
+//! boards that are not; RoundRobin sends to its turn anyway (a plain rotation, the baseline the
+//! others are measured against). When none can take it, the request waits in the model's queue:
+//! bounded in length (`queue_depth`, then 429 at once) and in time (`queue_timeout`, then 429
+//! with Retry-After), first come first served (`queue.rs`). Each finished request, board report
+//! and table change wakes the first in line.
 //!
 //! A deployment with `spec.autoscaling` and no Ready replica (scaled to zero, or its first
 //! replica still starting) holds its requests in the same queue instead of refusing them: there
@@ -76,7 +81,10 @@ pub fn policy_label(route: &Route) -> &'static str {
 }
 
 fn try_pick(gw: &Gateway, route: &Route, key: &str, tried: &[String]) -> Pick {
-    let board_queue = gw.config.board_queue;
+    let board_queue = match route.strategy {
+        RoutingStrategy::PrefixAffinity => gw.config.board_queue,
+        RoutingStrategy::LeastLoad | RoutingStrategy::RoundRobin => 0,
+    };
     let mut loads = gw.loads();
     let candidates: Vec<Candidate> = route
         .replicas

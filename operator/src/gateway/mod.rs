@@ -61,7 +61,7 @@ pub struct Config {
     pub cluster_token: Option<String>,
     /// Client keys; `None`: no auth.
     pub keys: Option<auth::ClientKeys>,
-    /// Requests a board may hold beyond its slots.
+    /// PrefixAffinity: requests a board may hold beyond its slots (LeastLoad holds none).
     pub board_queue: u32,
     /// Requests per model that may wait for a board.
     pub queue_depth: usize,
