@@ -20,7 +20,7 @@
 # P5, the gateway's proxy overhead next to a direct connection and nginx (1 board, rkllm-sim sped up,
 # hack/loadgen), and P6, LeastLoad vs RoundRobin under a skewed mix and PrefixAffinity vs RoundRobin
 # on multi-turn conversations (3 boards at vendor speed), each on its own private test cluster
-# (~9 min). Writes docs/bench/gateway.{md,json} and gateway-p5.png, gateway-p6.png; options via
+# (~19 min). Writes docs/bench/gateway.{md,json} and gateway-p5.png, gateway-p6.png; options via
 # BENCH_GATEWAY_ARGS (see hack/bench/gateway_bench.py --help, e.g. "--only p5").
 #
 # `make bench-cold-start` (also run by `make bench`): P9, scale from zero — time from the first

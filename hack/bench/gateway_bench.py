@@ -12,10 +12,11 @@ rkllm-sim) in a temporary directory, and stops it on exit, also on failure, Ctrl
       closed-loop load (hack/loadgen, N clients on keep-alive connections) (a) straight to the
       agent, (b) through the gateway, (c) through nginx (plain proxy_pass, no buffering, keep-alive
       upstream), interleaved in rounds. Details: gateway_p5.py.
-  P6  3 boards at vendor speed. LeastLoad vs RoundRobin on one seeded arrival schedule of a skewed
-      mix (80 % short, 20 % long) at 1.5x and 0.75x of capacity; then PrefixAffinity vs RoundRobin
-      on multi-turn conversations over 8 shared system prompts: prefix-cache hit rate and TTFT.
-      Details: gateway_p6.py.
+  P6  3 boards at vendor speed. LeastLoad vs RoundRobin on a skewed mix (80 % short, 20 % long):
+      users at 1.5x what the slots serve without waiting (closed loop, seeded scripts), and seeded
+      Poisson schedules at 1.5x and 0.75x the requests/s the boards complete; then PrefixAffinity
+      vs RoundRobin on multi-turn conversations over 8 shared system prompts: prefix-cache hit
+      rate and TTFT. Details: gateway_p6.py.
 
 Writes <out>/gateway.md (gateway_report.py), gateway.json (every sample) and gateway-p5.png,
 gateway-p6.png. Needs the release binaries (agent, operator, loadgen), nginx

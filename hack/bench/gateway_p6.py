@@ -2,13 +2,25 @@
 prompt tokens, 32.9 tok/s), nBatch 1 (one sequence per board, the default), the gateway's defaults.
 
 Part A, LeastLoad vs RoundRobin. A skewed mix: 80 % short requests (~20-token prompt, max_tokens
-16), 20 % long ones (~1000-token prompt, max_tokens 64: the sim then answers its natural 12-47
-words). Capacity is calibrated first (sequential requests through the gateway: mean service time
-of the mix; capacity = boards / mean), then one seeded Poisson arrival schedule per load level (by
-default 1.5x and 0.75x capacity, `--p6-window` seconds of arrivals) is replayed once per policy,
-open loop: a request is sent at its time whatever the others do. TTFT counts from the scheduled
-send time, so time spent queued at the gateway is in it. Every prompt opens with a nonce, so no
-request reuses another's KV cache.
+16), 20 % long ones (~1000-token prompt asking for a 128-word answer: the sim answers exactly that,
+hack/rkllm-sim/README.md). Capacity is calibrated first (sequential requests through the gateway:
+mean service time S of the mix). Two readings of "1.5x their capacity":
+
+- users (the target's reading): N users, each sending a request, reading the whole answer, then
+  thinking an exponentially distributed time with mean S before the next. The boards can serve
+  N* = slots x (S + S) / S users without any waiting (each user's cycle is S of service and S of
+  thinking); N = round(1.5 x N*) users offer 1.5 x what the slots take, so requests queue, but the
+  backlog is bounded by the users, as in a real deployment. Capacity in the issue is a board's
+  slots (nBatch); this is 1.5x of them. One seeded script per user (kinds, think times, prompts),
+  replayed once per policy; `--p6-requests` in all.
+- rate (for information): one seeded Poisson arrival schedule per level (`--p6-levels`, multiples of
+  slots / S requests/s, `--p6-window` seconds of arrivals), open loop: a request is sent at its
+  time whatever the others do. Above 1x the backlog grows for as long as arrivals come, whatever
+  the policy, and sets the p99 (the report simulates the best any policy could do).
+
+TTFT counts from the moment the user sends (the scheduled time in the rate reading), so time
+queued at the gateway is in it. Every prompt opens with a nonce, so no request reuses another's KV
+cache.
 
 Part B, PrefixAffinity vs RoundRobin. 8 system prompts of ~450 tokens (longer than the
 deployment's routing.prefixChars, 256 characters: the affinity key is the system prompt),
@@ -37,8 +49,10 @@ MODEL = "qwen3-sim"
 BOARDS = 3
 SHORT_SHARE = 0.8
 SHORT_MAX_TOKENS = 16
-LONG_MAX_TOKENS = 64
+LONG_ANSWER_WORDS = 128  # asked for in the prompt: ~3.9 s of decode at 32.9 tokens/s
+LONG_MAX_TOKENS = 160  # above the answer, so it ends by itself
 LONG_PROMPT_WORDS = 500  # ~1000 sim tokens: a word and the space after it are two tokens
+USERS_LOAD = 1.5  # part A's users reading: N = round(USERS_LOAD x N*)
 CONV_MAX_TOKENS = 64
 APPS = 8
 TARGET_LL_RATIO = 0.5  # LeastLoad p99 TTFT <= 0.5 x RoundRobin's
@@ -57,7 +71,10 @@ def log(msg: str) -> None:
 def add_args(ap) -> None:
     g = ap.add_argument_group("P6 (routing policies)")
     g.add_argument("--p6-seed", type=int, default=10, help="seed of the schedules and prompts (default 10)")
-    g.add_argument("--p6-levels", default="1.5,0.75", help="offered load as multiples of capacity (default 1.5,0.75)")
+    g.add_argument("--p6-requests", type=int, default=300,
+                   help="part A, users reading: requests in all per policy (default 300: the p99 is the 3rd slowest)")
+    g.add_argument("--p6-levels", default="1.5,0.75",
+                   help="part A, rate reading: offered load as multiples of capacity (default 1.5,0.75)")
     g.add_argument("--p6-window", type=float, default=30.0, help="seconds of arrivals per load level (default 30)")
     # 4 users on 3 boards: with as many users as boards, RoundRobin's turn counter advances by the
     # number of boards between two turns of one user and sends them to the same board by accident.
@@ -141,21 +158,19 @@ def prompt(rng: random.Random, kind: str, nonce: str) -> dict:
         return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": SHORT_MAX_TOKENS,
                 "stream": True, "stream_options": {"include_usage": True}}
     words = " ".join(rng.choice(WORDS) for _ in range(LONG_PROMPT_WORDS))
-    text = f"[{nonce}] Summarise this harbor log for the night shift: {words}"
+    text = f"[{nonce}] Summarise this harbor log for the night shift in {LONG_ANSWER_WORDS} words: {words}"
     return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": LONG_MAX_TOKENS,
             "stream": True, "stream_options": {"include_usage": True}}
 
 
 def schedule(seed: int, rate: float, window: float) -> list[dict]:
-    """Poisson arrivals at `rate` per second for `window` seconds; exactly 20 % long, shuffled."""
+    """Poisson arrivals at `rate` per second for `window` seconds; exactly 20 % long."""
     rng = random.Random(seed)
     times, t = [], rng.expovariate(rate)
     while t < window:
         times.append(t)
         t += rng.expovariate(rate)
-    n_long = round(len(times) * (1 - SHORT_SHARE))
-    kinds = ["long"] * n_long + ["short"] * (len(times) - n_long)
-    rng.shuffle(kinds)
+    kinds = mixed_kinds(rng, len(times))
     return [{"at": at, "kind": k, "body": prompt(rng, k, f"s{seed}-{i}")} for i, (at, k) in enumerate(zip(times, kinds))]
 
 
@@ -181,6 +196,54 @@ async def replay(gateway: str, sched: list[dict], label: str) -> list[dict]:
             return await asyncio.gather(*(one(i) for i in sched))
         finally:
             ticker.cancel()
+
+
+def mixed_kinds(rng: random.Random, n: int) -> list[str]:
+    """n kinds, exactly 20 % long, shuffled."""
+    n_long = round(n * (1 - SHORT_SHARE))
+    kinds = ["long"] * n_long + ["short"] * (n - n_long)
+    rng.shuffle(kinds)
+    return kinds
+
+
+def user_scripts(seed: int, users: int, requests: int, think_mean: float) -> list[list[dict]]:
+    """What each user sends, in order, and how long it thinks before each request (the first think
+    staggers the starts)."""
+    rng = random.Random(seed)
+    kinds = mixed_kinds(rng, requests)
+    scripts: list[list[dict]] = [[] for _ in range(users)]
+    for i, kind in enumerate(kinds):
+        scripts[i % users].append({"kind": kind, "think": rng.expovariate(1 / think_mean),
+                                   "body": prompt(rng, kind, f"u{seed}-{i}")})
+    return scripts
+
+
+async def users_run(gateway: str, scripts: list[list[dict]], label: str) -> list[dict]:
+    """Closed loop: each user sends its next request when the last answer has ended and it has thought."""
+    total = sum(len(s) for s in scripts)
+    async with client(gateway) as c:
+        t0 = time.monotonic()
+        records: list[dict] = []
+
+        async def user(u: int, script: list[dict]) -> None:
+            for item in script:
+                await asyncio.sleep(item["think"])
+                sent = time.monotonic()
+                rec = await stream_chat(c, item["body"], sent)
+                records.append({"user": u, "kind": item["kind"], "at": sent - t0,
+                                **{k: v for k, v in rec.items() if k != "text"}})
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(15)
+                log(f"  {label}: {len(records)}/{total} answered after {time.monotonic() - t0:.0f} s")
+
+        ticker = asyncio.create_task(progress())
+        try:
+            await asyncio.gather(*(user(u, s) for u, s in enumerate(scripts)))
+        finally:
+            ticker.cancel()
+        return sorted(records, key=lambda r: r["at"])
 
 
 def calibrate(gateway: str, rng: random.Random) -> dict:
@@ -318,6 +381,7 @@ def run(args, work: Path, cluster_cls) -> dict:
     env = {"RKLLM_SIM_SPEEDUP": "1", "TESTCLUSTER_GATEWAY_ARGS": ""}
     result: dict = {"boards": BOARDS, "seed": args.p6_seed, "window_s": args.p6_window, "short_share": SHORT_SHARE,
                     "short_max_tokens": SHORT_MAX_TOKENS, "long_max_tokens": LONG_MAX_TOKENS,
+                    "long_answer_words": LONG_ANSWER_WORDS,
                     "long_prompt_words": LONG_PROMPT_WORDS, "levels": {}, "conversations": {}}
     with cluster_cls(work, "p6", BOARDS, env) as cl:
         cl.apply_md(BOARDS, "LeastLoad")
@@ -328,6 +392,31 @@ def run(args, work: Path, cluster_cls) -> dict:
         result["calibration"] = {"service_s": cal, "mean_service_s": mean, "capacity_rps": capacity}
         log(f"service time short {cal['short']:.2f} s, long {cal['long']:.2f} s, mix {mean:.2f} s: "
             f"capacity {capacity:.2f} req/s on {BOARDS} boards")
+
+        slots = BOARDS  # nBatch 1
+        users = round(USERS_LOAD * slots * (mean + mean) / mean)
+        scripts = user_scripts(args.p6_seed * 100 + 99, users, args.p6_requests, mean)
+        n_long = sum(i["kind"] == "long" for sc in scripts for i in sc)
+        log(f"part A, users: {users} users ({USERS_LOAD}x the {slots * 2} the slots serve without waiting), "
+            f"{args.p6_requests} requests ({n_long} long), mean think {mean:.2f} s")
+        entry = {"users": users, "load": USERS_LOAD, "think_mean_s": mean, "requests": args.p6_requests,
+                 "long": n_long, "policies": {}}
+        for policy in ["RoundRobin", "LeastLoad"]:
+            cl.apply_md(BOARDS, policy)
+            cl.wait_routed(BOARDS, policy)
+            cl.wait_idle()
+            before = gateway_decisions(scrape, cl.gateway)
+            records = asyncio.run(users_run(cl.gateway, scripts, f"{policy} {users} users"))
+            s = summarize_a(records)
+            s["decisions"] = diff(gateway_decisions(scrape, cl.gateway), before)
+            s["records"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                             if k in ("user", "kind", "at", "ttft", "total", "board", "status")} for r in records]
+            entry["policies"][policy] = s
+            log(f"  {policy}: TTFT p50 {s['ttft_s']['p50']:.2f} s, p99 {s['ttft_s']['p99']:.2f} s, "
+                f"{s['errors']} errors, per board {s['per_board']}")
+        ll, rr = entry["policies"]["LeastLoad"], entry["policies"]["RoundRobin"]
+        entry["p99_ratio_ll_rr"] = ll["ttft_s"]["p99"] / rr["ttft_s"]["p99"] if rr["ttft_s"]["p99"] else None
+        result["users"] = entry
 
         for li, level in enumerate(levels):
             rate = level * capacity
