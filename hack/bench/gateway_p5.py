@@ -4,9 +4,10 @@ nginx, so what (b) and (c) add is the proxy's own cost.
 One board; rkllm-sim sped up (--p5-speedup, default 1000x: a 22-token prompt and 8 answer tokens
 take ~0.3 ms of simulated NPU time), so the board answers in about a millisecond and a proxy's
 fraction of a millisecond is visible. The ModelDeployment has nBatch 1 (no batching wait in the
-agent) and the gateway runs with `--board-queue 1024 --queue-depth 4096`, so it forwards every
-request at once instead of holding some back: the agent's own queue (--max-queue 64, its default)
-is the only one, for all three paths alike. The agent runs with its defaults (--parallel 1,
+agent) and routing strategy RoundRobin, so the gateway forwards every request at once, as nginx
+does (LeastLoad would hold all but one at the gateway until the board's slot frees): the agent's
+own queue (--max-queue 64, its default) is the only one, for all three paths alike. With one board
+there is nothing to choose. The agent runs with its defaults (--parallel 1,
 --max-queue 64: at 64 clients 1 runs and 63 wait, within the bound).
 
 Load: hack/loadgen (Rust, hyper, one core at most), `--concurrency` clients each on its own
@@ -45,7 +46,8 @@ LAYOUTS = ("shared", "pinned")
 # Issue 10's targets: what the gateway may add over talking to the board directly.
 TARGET_P50_MS = 0.5
 TARGET_P99_MS = 2.0
-GATEWAY_ARGS = "--board-queue 1024 --queue-depth 4096"
+STRATEGY = "RoundRobin"  # forwards every request at once (see above)
+GATEWAY_ARGS = "--queue-depth 4096"
 BODY = {"model": "qwen3-sim", "messages": [{"role": "user", "content": "Say hello to the board in a few words."}],
         "max_tokens": 8, "stream": True}
 # Quantiles kept per (concurrency, target) in the JSON: enough for a CDF, far smaller than samples.
@@ -269,8 +271,8 @@ def run(args, work: Path, cluster_cls) -> dict:
     env = {"RKLLM_SIM_SPEEDUP": args.p5_speedup, "TESTCLUSTER_GATEWAY_ARGS": GATEWAY_ARGS}
     t_start = time.monotonic()
     with cluster_cls(work, "p5", 1, env) as c:
-        c.apply_md(1, "LeastLoad", n_batch=1)
-        c.wait_routed(1, "LeastLoad")
+        c.apply_md(1, STRATEGY, n_batch=1)
+        c.wait_routed(1, STRATEGY)
         board = c.boards[0]
         with Nginx(work, board["endpoint"].removeprefix("http://")) as ngx:
             urls = {"direct": board["endpoint"], "gateway": c.gateway, "nginx": ngx.url}
@@ -314,7 +316,7 @@ def run(args, work: Path, cluster_cls) -> dict:
                             + (f"  {r['errors']} errors: {r['error_examples'][:1]}" if r["errors"] else ""))
             nginx_version = ngx.version
     common = dict(concurrency=concs, rounds=args.p5_rounds, duration_s=args.p5_duration, warmup_s=args.p5_warmup,
-                  speedup=args.p5_speedup, gateway_args=GATEWAY_ARGS, body=BODY, nginx=nginx_version)
+                  speedup=args.p5_speedup, gateway_args=GATEWAY_ARGS, strategy=STRATEGY, body=BODY, nginx=nginx_version)
     # The first layout is the top level (the schema older reports have); the others nest by name.
     by_layout = {}
     for layout in layouts:

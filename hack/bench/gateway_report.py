@@ -144,8 +144,9 @@ def plot_p6(p6: dict, png: Path) -> None:
 # === report ===
 
 
-def p5_rows(p5: dict) -> str:
-    """P5's table, its paired-round ranges and the targets' verdicts, for one layout."""
+def p5_rows(p5: dict, judged: bool = True) -> str:
+    """P5's table, its paired-round ranges and the targets' verdicts, for one layout (`judged`: the
+    layout the targets are checked in; otherwise the verdicts are shown for information)."""
     concs = [str(c) for c in p5["concurrency"]]
     rows = []
     for c in concs:
@@ -165,6 +166,8 @@ def p5_rows(p5: dict) -> str:
     ng = [p5["by_concurrency"][c]["nginx"]["added_ms"] for c in concs]
     worst = lambda rows, k: max(r[k] for r in rows)  # noqa: E731
     mr = p5["max_rps"]
+    head = "target (issue 10)" if judged else "target (issue 10), for information in this layout"
+    say = verdict if judged else (lambda ok: "met" if ok else "not met")
     return f"""| clients | path | req/s | TTFT ms p50 / p99 | total ms p50 / p99 | added TTFT ms p50 / p99 | added total ms p50 / p99 | proxy CPU µs/req | agent CPU µs/req | requests |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
@@ -175,16 +178,17 @@ nginx's {', '.join(f"{f(n['ttft_p50_round_range'][0])}…{f(n['ttft_p50_round_ra
 Maximum throughput (the best concurrency's median): direct {mr['direct']:.0f}, gateway {mr['gateway']:.0f},
 nginx {mr['nginx']:.0f} requests/s.
 
-| target (issue 10) | measured (worst concurrency) | |
+| {head} | measured (worst concurrency) | |
 |---|---|---|
-| gateway adds ≤ 0.5 ms at p50 | TTFT {f(worst(gw, 'ttft_p50'))} ms, total {f(worst(gw, 'total_p50'))} ms | {verdict(v['gateway_p50_ok'])} |
-| gateway adds ≤ 2 ms at p99 | TTFT {f(worst(gw, 'ttft_p99'))} ms, total {f(worst(gw, 'total_p99'))} ms | {verdict(v['gateway_p99_ok'])} |
-| gateway at least as fast as nginx | nginx adds TTFT p50 {f(worst(ng, 'ttft_p50'))} ms; max req/s gateway {mr['gateway']:.0f} vs nginx {mr['nginx']:.0f} | {verdict(v['gateway_vs_nginx_ok'])} |
+| gateway adds ≤ 0.5 ms at p50 | TTFT {f(worst(gw, 'ttft_p50'))} ms, total {f(worst(gw, 'total_p50'))} ms | {say(v['gateway_p50_ok'])} |
+| gateway adds ≤ 2 ms at p99 | TTFT {f(worst(gw, 'ttft_p99'))} ms, total {f(worst(gw, 'total_p99'))} ms | {say(v['gateway_p99_ok'])} |
+| gateway at least as fast as nginx | nginx adds TTFT p50 {f(worst(ng, 'ttft_p50'))} ms; max req/s gateway {mr['gateway']:.0f} vs nginx {mr['nginx']:.0f} | {say(v['gateway_vs_nginx_ok'])} |
 """
 
 
 def p5_pinned(p5: dict) -> str:
-    """The pinned layout's subsection (absent from reports made before it existed)."""
+    """The pinned layout's subsection: where the targets are judged (absent from reports made
+    before it existed)."""
     pinned = p5.get("pinned")
     if not pinned:
         return ""
@@ -201,16 +205,39 @@ def p5_pinned(p5: dict) -> str:
                 f"requests per second than straight ({rps}), with the same CPU per request; what the gateway adds "
                 "there is below what this setup resolves, not a gain to count on.\n")
     return f"""
-### The proxy on a core of its own
+### The proxy on a core of its own (the targets are judged here)
 
-The same runs, interleaved with those above, with the proxy under test (the operator process, or
-nginx's master and workers) pinned to CPU {proxy} and the board and the load generator to CPU {rest}:
-the proxy no longer takes CPU from the board, as when the gateway runs on another machine than the
-boards. What it adds is then its own work on a request, not the board's slowdown.
+The proxy under test (the operator process, or nginx's master and workers) is pinned to CPU {proxy}
+and the board and the load generator to CPU {rest}: the proxy no longer takes CPU from the board,
+as when the gateway runs on another machine than the boards. What it adds is then its own work on
+a request, which is what the targets are about.
 
 {p5_rows(pinned)}{note}
 ![P5 with the proxy alone on a core: TTFT distributions, added TTFT against the targets, throughput, proxy CPU]({P5_PINNED_PNG})
 """
+
+
+def littles_law(p5: dict) -> str:
+    """Shared layout, most clients: the added latency a proxy's lost board throughput explains."""
+    top = str(p5["concurrency"][-1])
+    by = p5["by_concurrency"][top]
+    d = by["direct"]["rps"]
+    parts, measured = [], []
+    for t in ("gateway", "nginx"):
+        rps, added = by[t]["rps"], (by[t].get("added_ms") or {}).get("ttft_p50")
+        if not (rps and d and added is not None):
+            return ""
+        parts.append(f"{top} × (1/{rps:.0f} − 1/{d:.0f}) s = {f(1000 * int(top) * (1 / rps - 1 / d))} ms for {'the gateway' if t == 'gateway' else t}")
+        measured.append(f(added))
+    ng, limit = by["nginx"]["added_ms"]["ttft_p50"], P5_TARGETS_MS["p50"]
+    return (f"- **What \"added\" measures here at {top} clients.** The board is never idle and every request "
+            "waits behind the others, so TTFT ≈ clients / throughput. A proxy that takes CPU from the board "
+            f"lowers its throughput, and every request waits that much longer: {' and '.join(parts)}, against "
+            f"{' and '.join(measured)} ms measured. In this layout the added latency at {top} clients is the CPU "
+            "the proxy takes from the board more than its own delay"
+            + (f"; nginx does not stay within {limit:g} ms here either ({f(ng)} ms)." if ng > limit
+               else ".")
+            + " The targets are judged with the proxy on a core of its own (above).")
 
 
 def p5_section(p5: dict) -> str:
@@ -244,18 +271,30 @@ def p5_section(p5: dict) -> str:
             f"against nginx's {mr['nginx']:.0f}, and why what it adds grows with the number of clients.")
     lg = max(p5["by_concurrency"][c][t]["cpu_us_per_request"].get("loadgen", 0) for c in concs for t in
              ("direct", "gateway", "nginx"))
-    where = ("" if p5.get("layout") != "shared" else
-             "\nAll processes on all cores: the board, the proxy and the load generator compete for the same "
-             "CPUs, so a proxy's CPU also slows the board. The next section pins the proxy to a core of its own.\n")
-    return f"""## P5: proxy overhead
-{provenance(p5)}{where}
-{p5_rows(p5)}
+    shared = p5.get("layout") == "shared" and p5.get("pinned")
+    if shared:
+        notes.insert(0, littles_law(p5))
+    strategy = (f"routing strategy {p5['strategy']} (the gateway forwards every request at once, as nginx does; "
+                "LeastLoad would hold all but one at the gateway until the board's slot frees)"
+                if p5.get("strategy") else f"gateway flags `{p5['gateway_args']}` (it never holds a request back)")
+    body = f"""{p5_rows(p5, judged=not shared)}
 ![P5: TTFT distributions per path and concurrency, added TTFT against the targets, throughput, proxy CPU](gateway-p5.png)
 
-{chr(10).join(notes)}
+{chr(10).join(n for n in notes if n)}
+"""
+    if shared:
+        body = f"""{p5_pinned(p5)}
+### All processes on all cores (for information)
 
-Setup: 1 board, rkllm-sim × {p5['speedup']} (`RKLLM_SIM_SPEEDUP`), ModelDeployment nBatch 1, gateway flags
-`{p5['gateway_args']}` (it never holds a request back), agent defaults (`--parallel 1`, `--max-queue 64`).
+The same runs, interleaved round by round with those above: the board, the proxy and the load
+generator compete for both CPUs, so a proxy's CPU also slows the board.
+
+{body}"""
+    return f"""## P5: proxy overhead
+{provenance(p5)}
+{body}
+
+Setup: 1 board, rkllm-sim × {p5['speedup']} (`RKLLM_SIM_SPEEDUP`), ModelDeployment nBatch 1, {strategy}, agent defaults (`--parallel 1`, `--max-queue 64`).
 Load: `hack/loadgen` (Rust, hyper, one thread), N clients each on one keep-alive connection sending
 `{p5['body']['messages'][0]['content']}` streamed with max_tokens {p5['body']['max_tokens']}, back to back; TTFT = the first SSE event
 with text, total = the end of the stream. {p5['rounds']} rounds × {1 + bool(p5.get('pinned'))} layout(s) × {len(concs)} concurrencies × 3 paths, each run
@@ -265,7 +304,7 @@ with text, total = the end of the stream. {p5['rounds']} rounds × {1 + bool(p5.
 `/proc/<pid>/stat` around each run, divided by the requests sent (warm-up included): the gateway's is
 the whole operator process (its controller is idle here; at 1 client the idle work of every process
 weighs on few requests). The load generator used at most {lg:.0f} µs of CPU per request.
-{p5_pinned(p5)}"""
+"""
 
 
 def provenance(part: dict) -> str:
