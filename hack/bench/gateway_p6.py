@@ -293,6 +293,26 @@ def summarize_a(records: list[dict]) -> dict:
     }
 
 
+def compare_a(cl, scrape, order: list[str], entry: dict, load) -> None:
+    """Each policy in `order`, switched on idle boards, under `load(policy)` (a coroutine giving the
+    records); fills entry["policies"] and the p99 ratio."""
+    for policy in order:
+        cl.apply_md(BOARDS, policy)
+        cl.wait_routed(BOARDS, policy)
+        cl.wait_idle()
+        before = gateway_decisions(scrape, cl.gateway)
+        records = asyncio.run(load(policy))
+        s = summarize_a(records)
+        s["decisions"] = diff(gateway_decisions(scrape, cl.gateway), before)
+        s["records"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                         if k in ("user", "kind", "at", "ttft", "total", "board", "status")} for r in records]
+        entry["policies"][policy] = s
+        log(f"  {policy}: TTFT p50 {s['ttft_s']['p50']:.2f} s, p99 {s['ttft_s']['p99']:.2f} s, "
+            f"{s['errors']} errors, per board {s['per_board']}")
+    ll, rr = entry["policies"]["LeastLoad"], entry["policies"]["RoundRobin"]
+    entry["p99_ratio_ll_rr"] = ll["ttft_s"]["p99"] / rr["ttft_s"]["p99"] if rr["ttft_s"]["p99"] else None
+
+
 # === part B: PrefixAffinity vs RoundRobin ===
 
 
@@ -401,21 +421,8 @@ def run(args, work: Path, cluster_cls) -> dict:
             f"{args.p6_requests} requests ({n_long} long), mean think {mean:.2f} s")
         entry = {"users": users, "load": USERS_LOAD, "think_mean_s": mean, "requests": args.p6_requests,
                  "long": n_long, "policies": {}}
-        for policy in ["RoundRobin", "LeastLoad"]:
-            cl.apply_md(BOARDS, policy)
-            cl.wait_routed(BOARDS, policy)
-            cl.wait_idle()
-            before = gateway_decisions(scrape, cl.gateway)
-            records = asyncio.run(users_run(cl.gateway, scripts, f"{policy} {users} users"))
-            s = summarize_a(records)
-            s["decisions"] = diff(gateway_decisions(scrape, cl.gateway), before)
-            s["records"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                             if k in ("user", "kind", "at", "ttft", "total", "board", "status")} for r in records]
-            entry["policies"][policy] = s
-            log(f"  {policy}: TTFT p50 {s['ttft_s']['p50']:.2f} s, p99 {s['ttft_s']['p99']:.2f} s, "
-                f"{s['errors']} errors, per board {s['per_board']}")
-        ll, rr = entry["policies"]["LeastLoad"], entry["policies"]["RoundRobin"]
-        entry["p99_ratio_ll_rr"] = ll["ttft_s"]["p99"] / rr["ttft_s"]["p99"] if rr["ttft_s"]["p99"] else None
+        compare_a(cl, scrape, ["RoundRobin", "LeastLoad"], entry,
+                  lambda label: users_run(cl.gateway, scripts, f"{label} {users} users"))
         result["users"] = entry
 
         for li, level in enumerate(levels):
@@ -426,21 +433,8 @@ def run(args, work: Path, cluster_cls) -> dict:
                 f"{args.p6_window:.0f} s")
             entry = {"rate_rps": rate, "requests": len(sched), "long": n_long, "policies": {}}
             order = ["RoundRobin", "LeastLoad"] if li % 2 == 0 else ["LeastLoad", "RoundRobin"]
-            for policy in order:
-                cl.apply_md(BOARDS, policy)
-                cl.wait_routed(BOARDS, policy)
-                cl.wait_idle()
-                before = gateway_decisions(scrape, cl.gateway)
-                records = asyncio.run(replay(cl.gateway, sched, f"{policy} {level}x"))
-                s = summarize_a(records)
-                s["decisions"] = diff(gateway_decisions(scrape, cl.gateway), before)
-                s["records"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                                 if k in ("kind", "at", "ttft", "total", "board", "status")} for r in records]
-                entry["policies"][policy] = s
-                log(f"  {policy}: TTFT p50 {s['ttft_s']['p50']:.2f} s, p99 {s['ttft_s']['p99']:.2f} s, "
-                    f"{s['errors']} errors, per board {s['per_board']}")
-            ll, rr = entry["policies"]["LeastLoad"], entry["policies"]["RoundRobin"]
-            entry["p99_ratio_ll_rr"] = ll["ttft_s"]["p99"] / rr["ttft_s"]["p99"] if rr["ttft_s"]["p99"] else None
+            compare_a(cl, scrape, order, entry, lambda label, sched=sched, level=level:
+                      replay(cl.gateway, sched, f"{label} {level}x"))
             result["levels"][str(level)] = entry
 
         users = max(1, args.p6_users)
