@@ -260,7 +260,7 @@ def p5_section(p5: dict) -> str:
         notes.append(
             f"- **CPU per request**: the gateway {gcpu:.0f} µs at {top} clients, nginx {ncpu:.0f} µs "
             f"({gcpu / ncpu:.1f}×). The gateway does more per request than pass bytes on: it reads the body "
-            "to find the model, picks a board by its load, counts metrics per model and board and reads the "
+            "to find the model, picks a board by its policy, counts metrics per model and board and reads the "
             "answer's token counts. On two shared cores that CPU comes out of the agent's and the client's "
             f"share; here its throughput is {mr['gateway']:.0f} requests/s against nginx's {mr['nginx']:.0f}.")
     if gcpu and ncpu and gcpu > 2 * ncpu:
