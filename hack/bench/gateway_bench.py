@@ -18,9 +18,9 @@ rkllm-sim) in a temporary directory, and stops it on exit, also on failure, Ctrl
       vs RoundRobin on multi-turn conversations over 8 shared system prompts: prefix-cache hit
       rate and TTFT. Details: gateway_p6.py.
 
-Writes <out>/gateway.md (gateway_report.py), gateway.json (every sample) and gateway-p5.png,
-gateway-p6.png. Needs the release binaries (agent, operator, loadgen), nginx
-(hack/bench/install-nginx.sh) and matplotlib (hack/pyenv.sh's venv).
+Writes <out>/gateway.md (gateway_report.py, gateway_report_p6.py), gateway.json (every sample)
+and gateway-p5.png, gateway-p5-pinned.png, gateway-p6.png. Needs the release binaries (agent,
+operator, loadgen), nginx (hack/bench/install-nginx.sh) and matplotlib (hack/pyenv.sh's venv).
 """
 
 from __future__ import annotations
