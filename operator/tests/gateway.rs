@@ -24,12 +24,15 @@ use bytes::Bytes;
 use crds::RoutingStrategy;
 use futures::StreamExt;
 use rockchip_llama_operator::gateway::{
-    self, Gateway,
+    self,
     auth::ClientKeys,
     table::{Replica, Route, Table},
 };
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+#[path = "common/gateway.rs"]
+mod harness;
+use harness::{Harness, dead_endpoint};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -134,13 +137,6 @@ async fn fake_board(name: &'static str, mode: Mode) -> (Arc<Fake>, String) {
 }
 
 /// A port nothing listens on.
-async fn dead_endpoint() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
-}
-
 fn route(model: &str, strategy: RoutingStrategy, replicas: &[(&str, &str)], desired: i32) -> Route {
     Route {
         key: format!("ns/{model}"),
@@ -157,34 +153,13 @@ fn route(model: &str, strategy: RoutingStrategy, replicas: &[(&str, &str)], desi
     }
 }
 
-struct Harness {
-    gw: Arc<Gateway>,
-    url: String,
-    stop: CancellationToken,
-    client: reqwest::Client,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 async fn start(mut config: gateway::Config, routes: Vec<Route>) -> Harness {
     config.poll_interval = Duration::from_millis(50);
-    let gw = Gateway::new(config).unwrap();
     let mut table = Table::default();
     for r in routes {
         table.routes.insert(r.model.clone(), r);
     }
-    gw.set_table(table);
-    gw.set_synced();
-    let stop = CancellationToken::new();
-    tokio::spawn(gateway::poll::run(gw.clone(), stop.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway::http::serve(listener, gw.clone(), stop.clone()));
-    Harness { gw, url, stop, client: reqwest::Client::new() }
+    harness::serve(config, table, true).await
 }
 
 fn config() -> gateway::Config {

@@ -22,13 +22,16 @@ use futures::StreamExt;
 use rockchip_llama_operator::{
     demand::{self, Demand, ModelDemand},
     gateway::{
-        self, Gateway,
+        self,
         auth::ClientKeys,
         table::{Replica, Route, Table},
     },
 };
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+#[path = "common/gateway.rs"]
+mod harness;
+use harness::{Harness, dead_endpoint};
 
 const TOKEN: &str = "cluster-secret";
 
@@ -83,13 +86,6 @@ async fn board(hang: bool) -> String {
 }
 
 /// A port nothing listens on.
-async fn dead_endpoint() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
-}
-
 fn route(endpoints: &[&str]) -> Route {
     Route {
         key: "ns/m".into(),
@@ -107,19 +103,6 @@ fn route(endpoints: &[&str]) -> Route {
     }
 }
 
-struct Harness {
-    gw: Arc<Gateway>,
-    url: String,
-    stop: CancellationToken,
-    client: reqwest::Client,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 fn config() -> gateway::Config {
     let mut c = gateway::Config::new("127.0.0.1:0".parse::<SocketAddr>().unwrap(), "ns");
     c.poll_interval = Duration::from_millis(50);
@@ -130,14 +113,7 @@ fn config() -> gateway::Config {
 }
 
 async fn start(config: gateway::Config) -> Harness {
-    let gw = Gateway::new(config).unwrap();
-    gw.set_table(table(&[]));
-    gw.set_synced();
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway::http::serve(listener, gw.clone(), stop.clone()));
-    Harness { gw, url, stop, client: reqwest::Client::new() }
+    harness::serve(config, table(&[]), false).await
 }
 
 /// The table with the deployment served by `endpoints` (none: scaled to zero).
