@@ -174,6 +174,21 @@ def schedule(seed: int, rate: float, window: float) -> list[dict]:
     return [{"at": at, "kind": k, "body": prompt(rng, k, f"s{seed}-{i}")} for i, (at, k) in enumerate(zip(times, kinds))]
 
 
+async def with_progress(aws, label: str, answered, total: int, t0: float) -> list:
+    """Runs `aws` together, logging `answered()` of `total` every 15 s."""
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(15)
+            log(f"  {label}: {answered()}/{total} answered after {time.monotonic() - t0:.0f} s")
+
+    ticker = asyncio.create_task(progress())
+    try:
+        return await asyncio.gather(*aws)
+    finally:
+        ticker.cancel()
+
+
 async def replay(gateway: str, sched: list[dict], label: str) -> list[dict]:
     async with client(gateway) as c:
         t0 = time.monotonic() + 0.2
@@ -186,16 +201,7 @@ async def replay(gateway: str, sched: list[dict], label: str) -> list[dict]:
             done += 1
             return {"kind": item["kind"], "at": item["at"], **{k: v for k, v in rec.items() if k != "text"}}
 
-        async def progress() -> None:
-            while True:
-                await asyncio.sleep(10)
-                log(f"  {label}: {done}/{len(sched)} answered after {time.monotonic() - t0:.0f} s")
-
-        ticker = asyncio.create_task(progress())
-        try:
-            return await asyncio.gather(*(one(i) for i in sched))
-        finally:
-            ticker.cancel()
+        return await with_progress((one(i) for i in sched), label, lambda: done, len(sched), t0)
 
 
 def mixed_kinds(rng: random.Random, n: int) -> list[str]:
@@ -233,16 +239,7 @@ async def users_run(gateway: str, scripts: list[list[dict]], label: str) -> list
                 records.append({"user": u, "kind": item["kind"], "at": sent - t0,
                                 **{k: v for k, v in rec.items() if k != "text"}})
 
-        async def progress() -> None:
-            while True:
-                await asyncio.sleep(15)
-                log(f"  {label}: {len(records)}/{total} answered after {time.monotonic() - t0:.0f} s")
-
-        ticker = asyncio.create_task(progress())
-        try:
-            await asyncio.gather(*(user(u, s) for u, s in enumerate(scripts)))
-        finally:
-            ticker.cancel()
+        await with_progress((user(u, s) for u, s in enumerate(scripts)), label, lambda: len(records), total, t0)
         return sorted(records, key=lambda r: r["at"])
 
 
@@ -271,18 +268,7 @@ def summarize_a(records: list[dict]) -> dict:
     for r in ok:
         boards[r["board"]] = boards.get(r["board"], 0) + 1
     ttft = [r["ttft"] for r in ok]
-    # FIFO check: above capacity the backlog grows until arrivals stop, so with a first-come
-    # first-served queue the mean wait rises from one arrival decile to the next.
-    by_arrival = sorted(records, key=lambda r: r["at"])
-    n = len(by_arrival)
-    deciles = [by_arrival[i * n // 10:(i + 1) * n // 10] for i in range(10)] if n >= 10 else []
-    worst = max(ok, key=lambda r: r["ttft"], default=None)
     return {
-        "ttft_by_arrival_decile_s": [sum(r["ttft"] or 0 for r in d) / len(d) for d in deciles],
-        "worst": worst and {"at": worst["at"], "ttft": worst["ttft"], "kind": worst["kind"],
-                            # requests that arrived after it and still had their first token sooner
-                            "overtaken_by": sum(1 for r in ok if r["at"] > worst["at"]
-                                                and r["at"] + r["ttft"] < worst["at"] + worst["ttft"])},
         "requests": len(records), "ok": len(ok), "errors": len(records) - len(ok),
         "error_examples": sorted({f"{r['status']} {r['error']}"[:160] for r in records if r not in ok})[:3],
         "ttft_s": {"p50": pct(ttft, .5), "p90": pct(ttft, .9), "p99": pct(ttft, .99), "mean": sum(ttft) / max(1, len(ttft))},

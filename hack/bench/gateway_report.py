@@ -156,7 +156,8 @@ def littles_law(p5: dict) -> str:
         rps, added = by[t]["rps"], (by[t].get("added_ms") or {}).get("ttft_p50")
         if not (rps and d and added is not None):
             return ""
-        parts.append(f"{top} × (1/{rps:.0f} − 1/{d:.0f}) s = {f(1000 * int(top) * (1 / rps - 1 / d))} ms for {'the gateway' if t == 'gateway' else t}")
+        who = "the gateway" if t == "gateway" else t
+        parts.append(f"{top} × (1/{rps:.0f} − 1/{d:.0f}) s = {f(1000 * int(top) * (1 / rps - 1 / d))} ms for {who}")
         measured.append(f(added))
     ng, limit = by["nginx"]["added_ms"]["ttft_p50"], P5_TARGETS_MS["p50"]
     return (f"- **What \"added\" measures here at {top} clients.** The board is never idle and every request "

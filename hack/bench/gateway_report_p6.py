@@ -139,7 +139,6 @@ def p6_section(p6: dict) -> str:
                     f"{bc.get('prompt_cache_loads', 0)} / {bc.get('prompt_cache_creates', 0)} |")
     pa = conv.get("PrefixAffinity", {})
     rr = conv.get("RoundRobin", {})
-    bound = (cs["turns"] - 1) / cs["turns"]
     # RoundRobin's first choices per board (routing decisions with reason "turn") tell which
     # RoundRobin ran: a strict rotation gives every board the same count (±1); one that falls back
     # to a board with room when its turn is full does not.
@@ -156,8 +155,8 @@ def p6_section(p6: dict) -> str:
         "slots (nBatch), so the target is checked with users: "
         f"{users['users']} users, each thinking {f(users['think_mean_s'])} s on average (the mix's mean service "
         f"time) between reading an answer and sending the next request, where {round(users['users'] / users['load'])} would "
-        "keep the 3 slots busy without waiting. Requests queue, but never more than the users have sent, as "
-        "with people or agents in front of the boards. The rate reading (Poisson arrivals at 1.5× the "
+        f"keep the {p6['boards']} slots busy without waiting. Requests queue, but never more than the users have sent, as "
+        f"with people or agents in front of the boards. The rate reading (Poisson arrivals at {levels[0]}× the "
         "requests/s the boards complete) is shown as well; there the backlog grows for as long as arrivals "
         "come, whatever the policy (see below).")
     long_ttft = [r["ttft"] for pol in users["policies"].values() for r in pol["records"]
@@ -188,36 +187,6 @@ def p6_section(p6: dict) -> str:
             "window's length"
             + (", so in this reading halving RoundRobin's p99 is at or past the best the schedule allows."
                if ideal > 0.5 * rr_p99 else ", not by the policy."))
-    over = p6["levels"][levels[0]]["policies"]
-    unfair = []
-    for pol, s in over.items():
-        dec = s.get("ttft_by_arrival_decile_s") or []
-        if len(dec) == 10 and max(dec[:7]) > 1.3 * dec[-1]:
-            w = s["worst"]
-            unfair.append(f"{pol} {', '.join(f'{d:.1f}' for d in dec)} s (its slowest request, sent at "
-                          f"{w['at']:.1f} s, waited {w['ttft']:.1f} s for its first token while {w['overtaken_by']} "
-                          f"requests sent after it got theirs sooner)")
-    if unfair:
-        refused = sum(s["errors"] for s in over.values())
-        notes.append(
-            f"- **The gateway's queue is not first come, first served**, and above capacity that, not the policy, "
-            f"sets the p99. With more arrivals than the boards serve, the backlog grows until arrivals stop, so "
-            f"in a FIFO queue the wait rises from one arrival decile to the next; the mean TTFT per arrival decile "
-            f"at {levels[0]}× was instead: {'; '.join(unfair)}."
-            + (f" {refused} request(s) got 429 after the 30 s `--queue-timeout`." if refused else "")
-            + " In `operator/src/gateway/dispatch.rs` `acquire`, newcomers do not overtake waiters, but among "
-            "the waiters whichever task runs first after a wake-up (`Notify::notify_waiters` wakes them all; a "
-            "250 ms backstop timer wakes each too) takes the board that freed up; nothing orders them by arrival.")
-    if pa and all(s["hit_rate_first_turn"] == 0 for s in conv.values()) and \
-            all(s["board_counters"].get("prompt_cache_loads", 0) == 0 for s in conv.values()):
-        notes.append(
-            "- **No request reused a system prompt it had not itself sent on an earlier turn** (0 % of first "
-            "turns hit, no prompt-cache file loaded or created on any board). In cluster mode the agent loads "
-            "the model from its store as `blobs/sha256-…`, so it cannot tell the model's family from the file "
-            "name (`Family::detect`), treats the chat template as fixed, and folds every system prompt into the "
-            "first user message: the system-prompt part of the KV cache (`keep_system`) and the RKLLM "
-            "prompt-cache files never apply. Only the next turn of the conversation a board just ran can reuse "
-            f"its cache, so with {cs['turns']} turns per conversation no policy can exceed {100 * bound:.0f} %.")
     if pa:
         cold = cs["apps"] / max(1, cs["conversations"] * cs["turns"])
         first_pa, later_pa = pa["hit_rate_first_turn"], pa["hit_rate_later_turns"]
@@ -250,7 +219,7 @@ def p6_section(p6: dict) -> str:
 ### Part A: LeastLoad vs RoundRobin under a skewed mix
 
 Calibrated service time (sequential, through the gateway): short {f(cal['service_s']['short'])} s, long
-{f(cal['service_s']['long'])} s; the mix's mean {f(cal['mean_service_s'])} s, so the 3 slots complete {p6['boards']} /
+{f(cal['service_s']['long'])} s; the mix's mean {f(cal['mean_service_s'])} s, so the {p6['boards']} slots complete {p6['boards']} /
 {f(cal['mean_service_s'])} s = {f(cal['capacity_rps'])} requests/s.
 
 | offered load | policy | answered | TTFT p50 s | p90 s | p99 s | p99 of short requests s | mean s | requests per board |

@@ -6,7 +6,7 @@
 //! late: a request waits at the gateway until a slot is free and then goes to whichever board
 //! freed first. Queued on a board it could only wait behind whatever that board was given, a long
 //! generation included, while another board freed up; on RK3588 a request holds a board for
-//! seconds, against a millisecond for the round trip late binding costs. The policy picks among
+//! seconds, far longer than the one round trip late binding costs. The policy picks among
 //! every routable board; when its pick is full, LeastLoad and PrefixAffinity pick again among the
 //! boards that are not; RoundRobin sends to its turn anyway (a plain rotation, the baseline the
 //! others are measured against). When none can take it, the request waits in the model's queue:
@@ -48,7 +48,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gw.loads().board(&self.board).finish(&self.model, std::time::Instant::now());
+        self.gw.loads().board(&self.board).finish(&self.model, Instant::now());
         self.gw.count_inflight(&self.route_key, false);
         self.gw.wake(&self.route_key);
     }
